@@ -1,0 +1,154 @@
+"""The one configuration object.
+
+Every setting is an environment variable (a ``.env`` file in the working directory may supply them; real
+environment variables win). :meth:`Settings.from_env` validates everything at start and raises
+:class:`~shared.errors.ConfigError` with a one-line message naming the variable, never a traceback.
+CONTRACT.md names the first nine; the rest are creditq's own and documented in the README.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from shared.errors import ConfigError
+
+BUNDLED_PRICING = Path(__file__).with_name("pricing.toml")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/creditq"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    kie_base_url: str = "https://api.kie.ai"
+    kie_api_key: str = ""
+    admin_token: str = ""
+    public_url: str = ""
+    pricing_path: Path = BUNDLED_PRICING
+    payments_webhook_secret: str = ""
+    sweep_seconds: float = 30.0
+    # creditq's own settings, beyond the contract:
+    log_format: str = "auto"  # json | console | auto (console on a terminal, JSON otherwise)
+    log_level: str = "info"
+    queue_name: str = "creditq:queue"  # arq queue; also the prefix of creditq's other Redis keys
+    db_pool_size: int = 10
+    kie_create_limit: int = 20  # provider creates per kie_create_window seconds, per key
+    kie_create_window: float = 10.0
+    kie_query_limit: int = 10  # provider status queries per second, per key
+    kie_timeout: float = 30.0  # seconds for any one provider call
+    allow_private_callbacks: bool = False  # let clients give callbackUrl on private addresses
+    worker_concurrency: int = 200  # arq max_jobs: short steps, so many at once is cheap
+    metrics_dir: str = ""  # prometheus multiprocess dir shared by API and workers on one host
+
+    @property
+    def callbacks_enabled(self) -> bool:
+        """Provider callbacks are used only when the provider can reach us (CREDITQ_PUBLIC_URL set)."""
+        return bool(self.public_url)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, dotenv: bool = True) -> Settings:
+        """Read and validate the settings.
+
+        ``env`` defaults to ``os.environ`` merged over ``./.env`` (when ``dotenv``). Raises ConfigError naming the
+        first bad variable. Pure: changes no process state.
+        """
+        if env is None:
+            merged: dict[str, str] = {}
+            if dotenv and Path(".env").is_file():
+                from dotenv import dotenv_values
+
+                merged.update({k: v for k, v in dotenv_values(".env").items() if v is not None})
+            merged.update(os.environ)
+            env = merged
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            var = _VARS[f.name]
+            raw = env.get(var)
+            if raw is None or raw == "" and f.name not in _EMPTY_OK:
+                continue
+            values[f.name] = _parse(var, f.name, raw.strip())
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings._check()
+        return settings
+
+    def _check(self) -> None:
+        _url("DATABASE_URL", self.database_url, ("postgres", "postgresql"))
+        _url("REDIS_URL", self.redis_url, ("redis", "rediss", "unix"))
+        _url("KIE_BASE_URL", self.kie_base_url, ("http", "https"))
+        if self.public_url:
+            _url("CREDITQ_PUBLIC_URL", self.public_url, ("http", "https"))
+        if not self.pricing_path.is_file():
+            raise ConfigError(f"CREDITQ_PRICING: no such file: {self.pricing_path}")
+        if self.sweep_seconds <= 0:
+            raise ConfigError("CREDITQ_SWEEP_SECONDS must be a positive number of seconds")
+        if self.log_format not in ("json", "console", "auto"):
+            raise ConfigError("CREDITQ_LOG_FORMAT must be json, console or auto")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError("CREDITQ_LOG_LEVEL must be debug, info, warning or error")
+        for name in ("db_pool_size", "kie_create_limit", "kie_query_limit", "worker_concurrency"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{_VARS[name]} must be at least 1")
+        if self.kie_create_window <= 0 or self.kie_timeout <= 0:
+            raise ConfigError("KIE_CREATE_WINDOW and KIE_TIMEOUT must be positive")
+
+
+_VARS = {
+    "database_url": "DATABASE_URL",
+    "redis_url": "REDIS_URL",
+    "kie_base_url": "KIE_BASE_URL",
+    "kie_api_key": "KIE_API_KEY",
+    "admin_token": "CREDITQ_ADMIN_TOKEN",
+    "public_url": "CREDITQ_PUBLIC_URL",
+    "pricing_path": "CREDITQ_PRICING",
+    "payments_webhook_secret": "PAYMENTS_WEBHOOK_SECRET",
+    "sweep_seconds": "CREDITQ_SWEEP_SECONDS",
+    "log_format": "CREDITQ_LOG_FORMAT",
+    "log_level": "CREDITQ_LOG_LEVEL",
+    "queue_name": "CREDITQ_QUEUE",
+    "db_pool_size": "CREDITQ_DB_POOL_SIZE",
+    "kie_create_limit": "KIE_CREATE_LIMIT",
+    "kie_create_window": "KIE_CREATE_WINDOW",
+    "kie_query_limit": "KIE_QUERY_LIMIT",
+    "kie_timeout": "KIE_TIMEOUT",
+    "allow_private_callbacks": "CREDITQ_ALLOW_PRIVATE_CALLBACKS",
+    "worker_concurrency": "CREDITQ_WORKER_CONCURRENCY",
+    "metrics_dir": "PROMETHEUS_MULTIPROC_DIR",
+}
+# Variables whose empty value means "off" rather than "use the default".
+_EMPTY_OK = {"kie_api_key", "admin_token", "public_url", "payments_webhook_secret", "metrics_dir"}
+_INTS = {"db_pool_size", "kie_create_limit", "kie_query_limit", "worker_concurrency"}
+_FLOATS = {"sweep_seconds", "kie_create_window", "kie_timeout"}
+
+
+def _parse(var: str, name: str, raw: str) -> object:
+    if name in _INTS:
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"{var} must be a whole number, got {raw!r}") from None
+    if name in _FLOATS:
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"{var} must be a number of seconds, got {raw!r}") from None
+    if name == "allow_private_callbacks":
+        if raw.lower() not in ("1", "true", "yes", "0", "false", "no", ""):
+            raise ConfigError(f"{var} must be true or false, got {raw!r}")
+        return raw.lower() in ("1", "true", "yes")
+    if name == "pricing_path":
+        return Path(raw)
+    if name in ("kie_base_url", "public_url"):
+        return raw.rstrip("/")
+    return raw
+
+
+def _url(var: str, value: str, schemes: tuple[str, ...]) -> None:
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        raise ConfigError(f"{var} is not a valid URL: {value!r}") from None
+    if parts.scheme not in schemes or (parts.scheme != "unix" and not parts.netloc):
+        raise ConfigError(f"{var} must be a {'/'.join(schemes)} URL, got {value!r}")

@@ -1,0 +1,103 @@
+"""Money operations. Each is one SQL function call: one round trip, one transaction, idempotent.
+
+The semantics are two-phase transfers (TigerBeetle's pending → post | void) and card authorisation/capture:
+a hold freezes credits (``held`` grows, ``balance`` does not move); settling captures some or all of it
+(``balance`` falls) and releases the rest.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from shared.ledger.accounts import Conn
+from shared.ledger.sqlerrors import mapped
+
+CREDIT_KINDS = ("grant", "purchase", "subscription", "adjustment")
+
+
+async def credit(
+    conn: Conn, account_id: str, amount: int, reason: str | None, key: str | None, kind: str | None = None,
+    event_id: str | None = None,
+) -> asyncpg.Record:
+    """Add (amount > 0, kind ``grant`` by default) or remove (amount < 0, kind ``adjustment``) credits.
+
+    Idempotent by ``key``: a repeat returns the first entry. Raises InsufficientCredits if a negative amount would
+    take available below 0, IdempotencyConflict if the key was used with another amount, NotFound, InvalidInput
+    (amount 0).
+    """
+    kind = kind or ("grant" if amount > 0 else "adjustment")
+    assert kind in CREDIT_KINDS
+    async with mapped():
+        r = await conn.fetchrow("SELECT * FROM cq_credit($1, $2, $3, $4, $5, $6)",
+                                account_id, kind, amount, reason, key, event_id)
+    assert r is not None
+    return r
+
+
+async def hold(conn: Conn, account_id: str, hold_id: str, amount: int, task_id: str | None = None) -> asyncpg.Record:
+    """Freeze ``amount`` credits under ``hold_id``; returns the ``hold`` entry.
+
+    Idempotent by ``hold_id``. Raises InsufficientCredits (available < amount), Forbidden (suspended account),
+    NotFound, InvalidInput (amount ≤ 0).
+    """
+    async with mapped():
+        r = await conn.fetchrow("SELECT * FROM cq_hold($1, $2, $3, $4)", account_id, hold_id, task_id, amount)
+    assert r is not None
+    return r
+
+
+async def capture(conn: Conn, hold_id: str, amount: int | None = None) -> asyncpg.Record:
+    """Capture ``amount`` (default: all) of an open hold and release the rest; returns the hold row.
+
+    Idempotent: a hold settled before is returned unchanged (its first outcome). Raises NotFound, InvalidInput
+    (amount outside 1..hold).
+    """
+    async with mapped():
+        if amount is None:
+            r = await conn.fetchrow(
+                "SELECT * FROM cq_settle_hold($1, (SELECT amount FROM holds WHERE id = $1))", hold_id
+            )
+        else:
+            r = await conn.fetchrow("SELECT * FROM cq_settle_hold($1, $2)", hold_id, amount)
+    assert r is not None
+    return r
+
+
+async def release(conn: Conn, hold_id: str) -> asyncpg.Record:
+    """Release an open hold in full; returns the hold row. Idempotent like :func:`capture`. Raises NotFound."""
+    async with mapped():
+        r = await conn.fetchrow("SELECT * FROM cq_settle_hold($1, 0)", hold_id)
+    assert r is not None
+    return r
+
+
+async def transfer(
+    conn: Conn, from_id: str, to_id: str, amount: int, memo: str | None, key: str | None,
+    request_hash: str | None = None,
+) -> asyncpg.Record:
+    """Move ``amount`` credits from one account to another; returns the transfer row.
+
+    Both rows are locked in id order inside the function, so opposite transfers cannot deadlock. Idempotent by
+    (from, key); the same key with another ``request_hash`` raises IdempotencyConflict. Raises
+    InsufficientCredits, Forbidden (sender suspended), NotFound (either account), InvalidInput (amount ≤ 0, to
+    oneself).
+    """
+    async with mapped():
+        r = await conn.fetchrow("SELECT * FROM cq_transfer($1, $2, $3, $4, $5, $6)",
+                                from_id, to_id, amount, memo, key, request_hash)
+    assert r is not None
+    return r
+
+
+def transfer_view(r: asyncpg.Record) -> dict[str, Any]:
+    """A transfer as the API shows it."""
+    return {
+        "transferId": r["id"],
+        "fromAccountId": r["from_account_id"],
+        "toAccountId": r["to_account_id"],
+        "amount": r["amount"],
+        "memo": r["memo"],
+        "createdAt": r["created_at"].isoformat(),
+    }

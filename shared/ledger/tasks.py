@@ -1,0 +1,202 @@
+"""The task store and the task transactions.
+
+Money moves only in :func:`submit` (task + hold) and :func:`finish` (terminal state + capture or release); each is
+one SQL function call. Everything else here moves a task's bookkeeping (provider id, next check) and no money.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from shared.errors import NotCancelable, NotFound
+from shared.ledger.accounts import Conn, decode_cursor, encode_cursor
+from shared.ledger.sqlerrors import mapped
+from shared.pricing import Model
+
+LIVE = ("queued", "running")
+TERMINAL = ("succeeded", "failed", "canceled")
+STATUSES = LIVE + TERMINAL
+
+
+def new_task_id() -> str:
+    return "task_" + secrets.token_hex(16)
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    task: asyncpg.Record
+    inserted: bool  # False: an idempotent repeat answered the first task
+
+
+async def submit(
+    conn: Conn, account_id: str, model: Model, input: dict[str, Any], callback_url: str | None,
+    idempotency_key: str | None, request_hash: str | None, task_id: str | None = None,
+) -> Submitted:
+    """Insert the task and hold its cost: one transaction, one round trip.
+
+    Idempotent by (account, ``idempotency_key``): a repeat with the same ``request_hash`` returns the first task
+    with ``inserted`` False and holds nothing more. Raises InsufficientCredits, Forbidden (suspended),
+    IdempotencyConflict (same key, other hash).
+    """
+    async with mapped():
+        r = await conn.fetchrow(
+            "SELECT (s.task).*, s.inserted FROM cq_submit_task($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) s",
+            account_id, task_id or new_task_id(), model.model, model.kind, model.family, input, callback_url,
+            secrets.token_urlsafe(24), model.cost, model.deadline_seconds, idempotency_key, request_hash,
+        )
+    assert r is not None
+    return Submitted(r, r["inserted"])
+
+
+async def get(conn: Conn, task_id: str, account_id: str | None = None) -> asyncpg.Record:
+    """The task; with ``account_id``, only if it belongs to that account. Raises NotFound."""
+    r = await conn.fetchrow(
+        "SELECT * FROM tasks WHERE id = $1 AND ($2::text IS NULL OR account_id = $2)", task_id, account_id
+    )
+    if r is None:
+        raise NotFound(f"no task {task_id!r}")
+    return r
+
+
+async def list_for_account(
+    conn: Conn, account_id: str, status: str | None, limit: int, cursor: str | None
+) -> tuple[list[asyncpg.Record], str | None]:
+    """One page of the account's tasks, newest first (keyset on created_at, id), and the next cursor."""
+    after_ts: datetime | None = None
+    after_id = ""
+    if cursor:
+        try:
+            ts, after_id = decode_cursor(cursor).split("|", 1)
+            after_ts = datetime.fromisoformat(ts)
+        except ValueError:
+            from shared.errors import InvalidInput
+
+            raise InvalidInput("cursor is not valid", details=[{"field": "cursor"}]) from None
+    rows = await conn.fetch(
+        "SELECT * FROM tasks WHERE account_id = $1 AND ($2::text IS NULL OR status = $2) "
+        "AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4)) "
+        "ORDER BY created_at DESC, id DESC LIMIT $5",
+        account_id, status, after_ts, after_id, limit + 1,
+    )
+    next_cursor = None
+    if len(rows) > limit:
+        last = rows[limit - 1]
+        next_cursor = encode_cursor(f"{last['created_at'].isoformat()}|{last['id']}")
+    return list(rows[:limit]), next_cursor
+
+
+async def finish(
+    conn: Conn, task_id: str, status: str, *, result: dict[str, Any] | None = None,
+    error_code: str | None = None, error_message: str | None = None, from_states: tuple[str, ...] = LIVE,
+) -> tuple[asyncpg.Record, bool]:
+    """Move a live task to ``status`` and capture (succeeded) or release (failed, canceled) its hold, in one
+    transaction. Exactly once: if the task already left ``from_states`` nothing changes and the task is returned
+    as it is with ``changed`` False. Raises NotFound."""
+    assert status in TERMINAL
+    async with mapped():
+        r = await conn.fetchrow(
+            "SELECT (f.task).*, f.changed FROM cq_finish_task($1, $2, $3, $4, $5, $6) f",
+            task_id, status, list(from_states), result, error_code, error_message,
+        )
+    assert r is not None
+    return r, r["changed"]
+
+
+async def cancel(conn: Conn, task_id: str, account_id: str) -> asyncpg.Record:
+    """Cancel a task that is still queued and not being submitted; its hold is released. Idempotent for a task
+    already canceled. Raises NotFound (unknown or another account's), NotCancelable."""
+    async with mapped():
+        r = await conn.fetchrow("SELECT (c.task).*, c.changed FROM cq_cancel_task($1, $2) c", task_id, account_id)
+    assert r is not None
+    if r["changed"] or r["status"] == "canceled":
+        return r
+    state = "being submitted" if r["status"] == "queued" else r["status"]
+    raise NotCancelable(f"task {task_id} is {state}: only a queued task can be canceled")
+
+
+def task_view(r: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
+    """A task as the API shows it (CONTRACT.md's task view)."""
+    view: dict[str, Any] = {
+        "taskId": r["id"],
+        "model": r["model"],
+        "status": r["status"],
+        "cost": r["cost"],
+        "charged": r["charged"],
+        "createdAt": r["created_at"].isoformat(),
+        "updatedAt": r["updated_at"].isoformat(),
+    }
+    if r["finished_at"] is not None:
+        view["finishedAt"] = r["finished_at"].isoformat()
+    result = r["result"]
+    if isinstance(result, str):
+        result = json.loads(result)
+    if result is not None:
+        view["result"] = result
+    if r["error_code"] is not None:
+        view["error"] = {"code": r["error_code"], "message": r["error_message"] or ""}
+    return view
+
+
+# --- The worker's bookkeeping: no money moves below. ---------------------------------------------------------
+
+async def claim_submit(conn: Conn, task_id: str) -> asyncpg.Record | None:
+    """Record the intent to create the provider task. Returns the task if this caller won the claim, None if the
+    task is not queued, already has a provider task, or has an intent in flight (maybe from a crashed worker)."""
+    return await conn.fetchrow(
+        "UPDATE tasks SET submit_started_at = now(), submit_attempts = submit_attempts + 1, updated_at = now() "
+        "WHERE id = $1 AND status = 'queued' AND submit_started_at IS NULL AND provider_task_id IS NULL "
+        "RETURNING *",
+        task_id,
+    )
+
+
+async def abandon_submit(conn: Conn, task_id: str, next_check_at: datetime) -> None:
+    """The create call certainly created nothing (refused, rate-limited, out of credits): clear the intent so
+    that a later step may try again at ``next_check_at``."""
+    await conn.execute(
+        "UPDATE tasks SET submit_started_at = NULL, next_check_at = $2, updated_at = now() "
+        "WHERE id = $1 AND status = 'queued' AND provider_task_id IS NULL",
+        task_id, next_check_at,
+    )
+
+
+async def mark_running(conn: Conn, task_id: str, provider_task_id: str, next_check_at: datetime) -> bool:
+    """Record the provider's task id: ``queued → running``. False if the task had left ``queued``."""
+    r = await conn.fetchval(
+        "UPDATE tasks SET status = 'running', provider_task_id = $2, submit_started_at = NULL, "
+        "next_check_at = $3, updated_at = now() WHERE id = $1 AND status = 'queued' RETURNING id",
+        task_id, provider_task_id, next_check_at,
+    )
+    return r is not None
+
+
+async def schedule(conn: Conn, task_id: str, next_check_at: datetime, polled: bool = False) -> None:
+    """Set when the task is next looked at (and count a status query when ``polled``)."""
+    await conn.execute(
+        "UPDATE tasks SET next_check_at = $2, polls = polls + $3::int, updated_at = now() "
+        "WHERE id = $1 AND status IN ('queued', 'running')",
+        task_id, next_check_at, 1 if polled else 0,
+    )
+
+
+async def overdue(conn: Conn, grace_seconds: float, limit: int = 5000) -> list[asyncpg.Record]:
+    """Live tasks whose next check is more than ``grace_seconds`` late (their queue entry may be lost), and live
+    tasks past their deadline; oldest first."""
+    return list(await conn.fetch(
+        "SELECT id, status, deadline_at < now() AS expired FROM tasks "
+        "WHERE status IN ('queued', 'running') "
+        "AND (next_check_at < now() - make_interval(secs => $1) OR deadline_at < now()) "
+        "ORDER BY next_check_at LIMIT $2",
+        grace_seconds, limit,
+    ))
+
+
+async def by_callback(conn: Conn, task_id: str) -> asyncpg.Record | None:
+    """The task a provider callback names (its token is checked by the caller in constant time)."""
+    return await conn.fetchrow("SELECT * FROM tasks WHERE id = $1", task_id)

@@ -1,0 +1,238 @@
+"""Shared fixtures: a fresh Postgres database per test session, its own Redis database and key prefix, and real
+processes (simulator, API, workers) started as `creditq` subprocesses.
+
+Nothing touching money or the queue is faked: tests talk to the real Postgres and Redis of the machine, and to the
+provider through the simulator over real HTTP. If either service is unreachable the session stops with one line
+saying which and how to start it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import redis.asyncio as aioredis
+
+from shared.config import Settings
+from shared.ledger import accounts
+from shared.migrate import migrate
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_ADMIN = os.environ.get("CREDITQ_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_BASE = os.environ.get("CREDITQ_TEST_REDIS", "redis://127.0.0.1:6379")
+REDIS_DB = int(os.environ.get("CREDITQ_TEST_REDIS_DB", "13"))
+CREDITQ = str(Path(sys.executable).with_name("creditq"))
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not _reachable("127.0.0.1", 5432):
+        pytest.exit("Postgres is not reachable on 127.0.0.1:5432: start it with "
+                    "`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`", returncode=3)
+    if not _reachable("127.0.0.1", 6379):
+        pytest.exit("Redis is not reachable on 127.0.0.1:6379: start it with "
+                    "`redis-server --daemonize yes --port 6379 --save '' --appendonly no`", returncode=3)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def run_id() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture(scope="session")
+def database_url(run_id: str) -> Iterator[str]:
+    """A fresh database for this session, migrated; dropped at the end."""
+    name = f"creditq_test_{run_id}"
+    url = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+    settings = Settings.from_env({"DATABASE_URL": url}, dotenv=False)
+    asyncio.run(migrate(settings))
+    yield url
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(PG_ADMIN)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
+
+
+@pytest.fixture(scope="session")
+def base_env(database_url: str, run_id: str) -> dict[str, str]:
+    """The environment of every creditq process this session starts (and of `settings`)."""
+    return {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": f"{REDIS_BASE}/{REDIS_DB}",
+        "CREDITQ_QUEUE": f"cqtest:{run_id}",
+        "CREDITQ_ADMIN_TOKEN": "admin-secret",
+        "PAYMENTS_WEBHOOK_SECRET": "whsec_test",
+        "CREDITQ_SWEEP_SECONDS": "2",
+        "CREDITQ_LOG_FORMAT": "json",
+        "CREDITQ_LOG_LEVEL": "info",
+        "KIE_API_KEY": "sim-key",
+        "KIE_BASE_URL": "http://127.0.0.1:9",  # tests that need the simulator set its URL
+    }
+
+
+@pytest.fixture(scope="session")
+def settings(base_env: dict[str, str]) -> Settings:
+    return Settings.from_env(base_env, dotenv=False)
+
+
+@pytest.fixture(scope="session")
+async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    from shared import db
+
+    p = await db.create_pool(settings, max_size=20)
+    yield p
+    await p.close()
+
+
+@pytest.fixture(scope="session")
+async def redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
+    r = aioredis.from_url(settings.redis_url)
+    yield r
+    await r.aclose()
+
+
+MakeAccount = Callable[..., Awaitable[tuple[accounts.Account, str]]]
+
+
+@pytest.fixture
+def make_account(pool: asyncpg.Pool) -> MakeAccount:
+    """Create an account: ``await make_account(credits=10, tier="pro")`` → (account, api_key)."""
+
+    async def make(credits: int = 0, tier: str = "free", external_id: str | None = None
+                   ) -> tuple[accounts.Account, str]:
+        account, _, key = await accounts.create_account(pool, tier, credits, external_id)
+        return account, key
+
+    return make
+
+
+# --- Real processes -------------------------------------------------------------------------------------------
+
+@dataclass
+class Proc:
+    """A creditq subprocess; its output goes to a log file shown when a test fails."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+    url: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait(10)
+
+    def stop(self, timeout: float = 15) -> int:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(10)
+        return int(self.popen.returncode)
+
+
+class Processes:
+    """Starts creditq subprocesses for one test and stops them all at its end."""
+
+    def __init__(self, env: dict[str, str], tmp: Path) -> None:
+        self.env = {**os.environ, **env}
+        self.tmp = tmp
+        self.procs: list[Proc] = []
+
+    def start(self, name: str, *args: str, env: dict[str, str] | None = None, url: str = "") -> Proc:
+        log = self.tmp / f"{name}-{len(self.procs)}.log"
+        fh = log.open("wb")
+        popen = subprocess.Popen([CREDITQ, *args], env={**self.env, **(env or {})}, stdout=fh,
+                                 stderr=subprocess.STDOUT, cwd=self.tmp)
+        proc = Proc(name, popen, log, url)
+        self.procs.append(proc)
+        return proc
+
+    def wait_http(self, proc: Proc, path: str, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.popen.poll() is not None:
+                raise RuntimeError(f"{proc.name} exited {proc.popen.returncode}:\n{proc.output()[-3000:]}")
+            try:
+                if httpx.get(proc.url + path, timeout=1).status_code < 500:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{proc.name} did not answer {path} in {timeout}s:\n{proc.output()[-3000:]}")
+
+    def sim(self, *args: str) -> Proc:
+        port = free_port()
+        proc = self.start("sim", "sim", "--port", str(port), *args, url=f"http://127.0.0.1:{port}")
+        self.wait_http(proc, "/__sim/stats")
+        self.env["KIE_BASE_URL"] = proc.url
+        return proc
+
+    def api(self, env: dict[str, str] | None = None, port: int | None = None) -> Proc:
+        port = port or free_port()
+        proc = self.start("api", "api", "--port", str(port), env=env, url=f"http://127.0.0.1:{port}")
+        self.wait_http(proc, "/healthz")
+        return proc
+
+    def worker(self, env: dict[str, str] | None = None) -> Proc:
+        return self.start("worker", "worker", env=env)
+
+    def close(self) -> None:
+        for p in reversed(self.procs):
+            p.stop(5)
+
+
+@pytest.fixture
+def procs(base_env: dict[str, str], tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Processes]:
+    """Start real creditq processes: ``procs.sim()``, ``procs.api()``, ``procs.worker()``. The simulator's URL
+    becomes KIE_BASE_URL of processes started after it. Logs are printed if the test fails."""
+    p = Processes(base_env, tmp_path)
+    yield p
+    p.close()
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:
+        for proc in p.procs:
+            print(f"----- {proc.name} ({proc.log.name}) -----\n{proc.output()[-4000:]}")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    rep = yield
+    setattr(item, "rep_" + rep.when, rep)
+    return rep
