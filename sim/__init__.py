@@ -7,5 +7,6 @@ Directives in the prompt (``[sim:seconds=S]``, ``[sim:fail=CODE]``, ``[sim:creat
 ``[sim:nocallback]``, ``[sim:flaky]``) steer one task. ``/__sim/stats``, ``/__sim/reset`` and
 ``/__sim/credits`` let tests observe and steer the simulator itself.
 
-Build the app with :func:`sim.app.create_app` and :class:`sim.options.SimOptions` (re-exported by ``sim.app``).
+Build the app with :func:`sim.app.create_app` and :class:`sim.options.SimOptions` (also importable from
+``sim.app``).
 """

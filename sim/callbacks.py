@@ -33,7 +33,9 @@ _Delivery = tuple[SimTask, int, int]  # task, try number (1-based), state genera
 class CallbackSender:
     """Schedules, queues and delivers callbacks for one simulator instance."""
 
-    def __init__(self, state: SimState, scheduler: Scheduler, concurrency: int = CALLBACK_CONCURRENCY) -> None:
+    def __init__(
+        self, state: SimState, scheduler: Scheduler, concurrency: int = CALLBACK_CONCURRENCY
+    ) -> None:
         self._state = state
         self._scheduler = scheduler
         self._concurrency = concurrency
@@ -114,7 +116,6 @@ class CallbackSender:
         stats.callback_attempts += 1
         if status is not None and 200 <= status < 300:
             stats.callbacks_sent += 1
-            log.debug("sim.callback.sent", task_id=task.task_id, attempt=attempt, status=status)
             return
         options = self._state.options
         if attempt < options.callback_tries:

@@ -41,8 +41,8 @@ def jobs_record(task: SimTask, now: float) -> dict[str, object]:
     """``data`` of ``GET /api/v1/jobs/recordInfo`` at ``now``.
 
     ``resultJson`` is a JSON string ``{"resultUrls": [...]}`` once the task succeeded and ``""`` otherwise;
-    ``failCode``/``failMsg`` are ``""`` unless it failed; ``completeTime`` is null and ``costTime`` 0 until the
-    task is done.
+    ``failCode``/``failMsg`` are ``""`` unless it failed; ``completeTime`` is null and ``costTime`` 0 until
+    the task is done.
     """
     state = task.state(now)
     done = task.is_done(now)
@@ -130,7 +130,9 @@ def veo_callback(task: SimTask) -> dict[str, object]:
     the numeric fail code when it lies in 400-599 (else 501), ``msg`` = the error message, ``info`` null.
     """
     if task.fail_code is None:
-        return envelope(200, VEO_SUCCESS_MSG, {"taskId": task.task_id, "info": {"resultUrls": task.result_urls()}})
+        return envelope(
+            200, VEO_SUCCESS_MSG, {"taskId": task.task_id, "info": {"resultUrls": task.result_urls()}}
+        )
     code = int(task.fail_code) if task.fail_code.isdigit() and 400 <= int(task.fail_code) <= 599 else 501
     return envelope(code, task.fail_msg, {"taskId": task.task_id, "info": None})
 

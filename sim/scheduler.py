@@ -8,6 +8,7 @@ block; an action that raises is logged and the loop goes on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import time
@@ -69,9 +70,7 @@ class Scheduler:
                 if delay is not None and delay <= 0:
                     await asyncio.sleep(0)  # let other work run between large batches
                     continue
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), delay)
-                except TimeoutError:
-                    pass
         finally:
             self._wake = None

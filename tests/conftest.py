@@ -28,6 +28,7 @@ import redis.asyncio as aioredis
 from shared.config import Settings
 from shared.ledger import accounts
 from shared.migrate import migrate
+from tests import preflight
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = os.environ.get("CREDITQ_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -36,21 +37,10 @@ REDIS_DB = int(os.environ.get("CREDITQ_TEST_REDIS_DB", "13"))
 CREDITQ = str(Path(sys.executable).with_name("creditq"))
 
 
-def _reachable(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=2):
-            return True
-    except OSError:
-        return False
-
-
 def pytest_sessionstart(session: pytest.Session) -> None:
-    if not _reachable("127.0.0.1", 5432):
-        pytest.exit("Postgres is not reachable on 127.0.0.1:5432: start it with "
-                    "`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`", returncode=3)
-    if not _reachable("127.0.0.1", 6379):
-        pytest.exit("Redis is not reachable on 127.0.0.1:6379: start it with "
-                    "`redis-server --daemonize yes --port 6379 --save '' --appendonly no`", returncode=3)
+    problems = preflight.missing()
+    if problems:
+        pytest.exit("; ".join(problems), returncode=3)
 
 
 def free_port() -> int:

@@ -156,13 +156,15 @@ async def claim_submit(conn: Conn, task_id: str) -> asyncpg.Record | None:
     )
 
 
-async def abandon_submit(conn: Conn, task_id: str, next_check_at: datetime) -> None:
+async def abandon_submit(conn: Conn, task_id: str, next_check_at: datetime, attempted: bool = True) -> None:
     """The create call certainly created nothing (refused, rate-limited, out of credits): clear the intent so
-    that a later step may try again at ``next_check_at``."""
+    that a later step may try again at ``next_check_at``. ``attempted`` False: no create call was sent at all
+    (no rate token), so the claim is not counted in ``submit_attempts``."""
     await conn.execute(
-        "UPDATE tasks SET submit_started_at = NULL, next_check_at = $2, updated_at = now() "
+        "UPDATE tasks SET submit_started_at = NULL, next_check_at = $2, updated_at = now(), "
+        "submit_attempts = submit_attempts - CASE WHEN $3::bool THEN 0 ELSE 1 END "
         "WHERE id = $1 AND status = 'queued' AND provider_task_id IS NULL",
-        task_id, next_check_at,
+        task_id, next_check_at, attempted,
     )
 
 

@@ -1,0 +1,39 @@
+# creditq: `make dev` runs it on this machine, `make test` runs every check. Both set up .venv themselves.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install dev test lint typecheck unit bench clean
+
+$(BIN)/.installed: requirements-dev.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -r requirements-dev.lock
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+install: $(BIN)/.installed
+
+## dev: migrate, then simulator + API + worker in this terminal (Postgres and Redis on localhost)
+dev: install
+	$(BIN)/creditq dev
+
+## test: lint, type-check, then the whole suite against a fresh test database
+test: install
+	$(BIN)/python -m tests.preflight
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy
+
+## bench: benchmarks with same-run baselines; writes bench/results.json
+bench: install
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

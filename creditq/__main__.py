@@ -1,0 +1,5 @@
+import sys
+
+from creditq.cli import main
+
+sys.exit(main())
