@@ -41,13 +41,19 @@ def _parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("sim", help="serve the KIE.ai simulator")
     sim.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     sim.add_argument("--port", type=int, default=8100, help="port (default 8100)")
-    sim.add_argument("--api-key", default=None, help="accept only this bearer key (default: any non-empty key)")
+    sim.add_argument(
+        "--api-key", default=None, help="accept only this bearer key (default: any non-empty key)"
+    )
     sim.add_argument("--credits", type=float, default=1_000_000, help="the simulated provider balance")
     sim.add_argument("--time-scale", type=float, default=1.0, help="multiply every duration by F")
     sim.add_argument("--create-limit", type=int, default=20, help="creates per 10 s per key (default 20)")
-    sim.add_argument("--query-limit", type=int, default=10, help="status queries per second per key (default 10)")
+    sim.add_argument(
+        "--query-limit", type=int, default=10, help="status queries per second per key (default 10)"
+    )
 
-    dev = sub.add_parser("dev", help="migrate, then run sim + api + worker in this terminal, for trying it out")
+    dev = sub.add_parser(
+        "dev", help="migrate, then run sim + api + worker in this terminal, for trying it out"
+    )
     dev.add_argument("--port", type=int, default=8000, help="API port (default 8000)")
     dev.add_argument("--sim-port", type=int, default=8100, help="simulator port (default 8100)")
 
@@ -60,15 +66,21 @@ def _parser() -> argparse.ArgumentParser:
 
     audit = sub.add_parser("audit", help="check every money invariant; exit 0 clean, 1 problems found")
     audit.add_argument("--json", action="store_true", help="print the report as JSON")
-    audit.add_argument("--fix", action="store_true",
-                       help="settle what should be settled and re-apply stored events, then check again")
+    audit.add_argument(
+        "--fix",
+        action="store_true",
+        help="settle what should be settled and re-apply stored events, then check again",
+    )
 
     submit = sub.add_parser("submit", help="submit a job with your API key and follow it")
     submit.add_argument("--model", required=True, help="a model from GET /v1/models")
     submit.add_argument("--prompt", required=True, help="the text prompt")
-    submit.add_argument("--wait", action="store_true", help="follow the task to its end, then print the result")
-    submit.add_argument("--api-url", default=None, help="API base URL (default $CREDITQ_API_URL or "
-                        "http://127.0.0.1:8000)")
+    submit.add_argument(
+        "--wait", action="store_true", help="follow the task to its end, then print the result"
+    )
+    submit.add_argument(
+        "--api-url", default=None, help="API base URL (default $CREDITQ_API_URL or http://127.0.0.1:8000)"
+    )
     submit.add_argument("--api-key", default=None, help="your API key (default $CREDITQ_API_KEY)")
     return p
 
@@ -92,11 +104,13 @@ async def _accounts_create(settings: Settings, args: argparse.Namespace) -> int:
 
     pricing = load(settings.pricing_path)
     if args.tier not in pricing.tiers:
-        print(f"creditq: error: unknown tier {args.tier!r} (have: {', '.join(pricing.tiers)})", file=sys.stderr)
+        print(
+            f"creditq: error: unknown tier {args.tier!r} (have: {', '.join(pricing.tiers)})", file=sys.stderr
+        )
         return 2
     pool = await db.create_pool(settings, max_size=2)
     try:
-        account, key_id, key = await accounts.create_account(pool, args.tier, args.credits, args.external_id)
+        account, _, key = await accounts.create_account(pool, args.tier, args.credits, args.external_id)
     finally:
         await pool.close()
     print(f"account: {account.id}")
@@ -174,8 +188,13 @@ def _sim(args: argparse.Namespace) -> int:
 
     from sim.app import SimOptions, create_app
 
-    options = SimOptions(api_key=args.api_key, credits=args.credits, time_scale=args.time_scale,
-                         create_limit=args.create_limit, query_limit=args.query_limit)
+    options = SimOptions(
+        api_key=args.api_key,
+        credits=args.credits,
+        time_scale=args.time_scale,
+        create_limit=args.create_limit,
+        query_limit=args.query_limit,
+    )
     print(f"creditq sim: KIE.ai simulator on http://{args.host}:{args.port}", file=sys.stderr)
     uvicorn.run(create_app(options), host=args.host, port=args.port, log_level="warning")
     return 0

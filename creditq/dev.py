@@ -86,7 +86,7 @@ def run(settings: Settings, port: int, sim_port: int) -> int:
         account_id, key = asyncio.run(_demo_account(settings))
         print(
             f"""
-creditq dev is running: API {api_url} · simulator {sim_url} · admin token {env['CREDITQ_ADMIN_TOKEN']}
+creditq dev is running: API {api_url} · simulator {sim_url} · admin token {env["CREDITQ_ADMIN_TOKEN"]}
 A pro account {account_id} with 500 credits is ready. Submit a first job:
 
   export CREDITQ_API_KEY={key}

@@ -67,7 +67,7 @@ class Settings:
         for f in fields(cls):
             var = _VARS[f.name]
             raw = env.get(var)
-            if raw is None or raw == "" and f.name not in _EMPTY_OK:
+            if raw is None or (raw == "" and f.name not in _EMPTY_OK):
                 continue
             values[f.name] = _parse(var, f.name, raw.strip())
         settings = cls(**values)  # type: ignore[arg-type]

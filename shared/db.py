@@ -52,7 +52,9 @@ async def create_pool(settings: Settings, min_size: int = 1, max_size: int | Non
             max_inactive_connection_lifetime=60,
         )
     except CONNECTION_ERRORS as e:
-        raise Unavailable(f"Postgres is unreachable at DATABASE_URL ({redact_url(settings.database_url)}): {e}") from e
+        raise Unavailable(
+            f"Postgres is unreachable at DATABASE_URL ({redact_url(settings.database_url)}): {e}"
+        ) from e
     except asyncpg.exceptions.InvalidCatalogNameError as e:
         raise Unavailable(
             f"DATABASE_URL names a database that does not exist ({redact_url(settings.database_url)}): "
@@ -79,8 +81,11 @@ async def run(pool: asyncpg.Pool, fn: Callable[[asyncpg.Connection], Awaitable[T
         try:
             async with connection(pool) as conn:
                 return await fn(conn)
-        except (asyncpg.exceptions.SerializationError, asyncpg.exceptions.DeadlockDetectedError,
-                asyncpg.exceptions.UniqueViolationError):
+        except (
+            asyncpg.exceptions.SerializationError,
+            asyncpg.exceptions.DeadlockDetectedError,
+            asyncpg.exceptions.UniqueViolationError,
+        ):
             if attempt == 2:
                 raise
     raise AssertionError("unreachable")

@@ -15,7 +15,9 @@ import structlog
 from shared.config import Settings
 
 # Keys never written to a log line, whatever a caller binds.
-_SECRET_KEYS = frozenset({"api_key", "apikey", "token", "secret", "authorization", "password", "callback_token"})
+_SECRET_KEYS = frozenset(
+    {"api_key", "apikey", "token", "secret", "authorization", "password", "callback_token"}
+)
 
 
 def _drop_secrets(_: object, __: str, event: dict[str, object]) -> dict[str, object]:

@@ -106,7 +106,7 @@ async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
 
 @pytest.fixture(scope="session")
 async def redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
-    r = aioredis.from_url(settings.redis_url)
+    r = aioredis.Redis.from_url(settings.redis_url)
     yield r
     await r.aclose()
 
@@ -118,8 +118,9 @@ MakeAccount = Callable[..., Awaitable[tuple[accounts.Account, str]]]
 def make_account(pool: asyncpg.Pool) -> MakeAccount:
     """Create an account: ``await make_account(credits=10, tier="pro")`` → (account, api_key)."""
 
-    async def make(credits: int = 0, tier: str = "free", external_id: str | None = None
-                   ) -> tuple[accounts.Account, str]:
+    async def make(
+        credits: int = 0, tier: str = "free", external_id: str | None = None
+    ) -> tuple[accounts.Account, str]:
         account, _, key = await accounts.create_account(pool, tier, credits, external_id)
         return account, key
 
@@ -127,6 +128,7 @@ def make_account(pool: asyncpg.Pool) -> MakeAccount:
 
 
 # --- Real processes -------------------------------------------------------------------------------------------
+
 
 @dataclass
 class Proc:
@@ -168,8 +170,13 @@ class Processes:
     def start(self, name: str, *args: str, env: dict[str, str] | None = None, url: str = "") -> Proc:
         log = self.tmp / f"{name}-{len(self.procs)}.log"
         fh = log.open("wb")
-        popen = subprocess.Popen([CREDITQ, *args], env={**self.env, **(env or {})}, stdout=fh,
-                                 stderr=subprocess.STDOUT, cwd=self.tmp)
+        popen = subprocess.Popen(
+            [CREDITQ, *args],
+            env={**self.env, **(env or {})},
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            cwd=self.tmp,
+        )
         proc = Proc(name, popen, log, url)
         self.procs.append(proc)
         return proc

@@ -13,7 +13,8 @@ from typing import Any
 
 import asyncpg
 import pytest
-from hypothesis import HealthCheck, settings, strategies as st
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from shared.config import Settings
@@ -120,8 +121,9 @@ class LedgerMachine(RuleBasedStateMachine):
         self.holds[hold_id] = (a, amount, "captured" if take else "released", take)
         assert (row["status"], row["captured"]) == self.holds[hold_id][2:]
 
-    @rule(i=st.integers(0, ACCOUNTS - 1), j=st.integers(0, ACCOUNTS - 1), amount=amounts,
-          key=st.none() | keys)
+    @rule(
+        i=st.integers(0, ACCOUNTS - 1), j=st.integers(0, ACCOUNTS - 1), amount=amounts, key=st.none() | keys
+    )
     def transfer(self, i: int, j: int, amount: int, key: str | None) -> None:
         if i == j:
             return
@@ -148,7 +150,9 @@ class LedgerMachine(RuleBasedStateMachine):
     def database_matches_model(self) -> None:
         if not self.ids:
             return
-        rows = self.run(self.conn.fetch("SELECT id, balance, held FROM accounts WHERE id = ANY($1)", self.ids))
+        rows = self.run(
+            self.conn.fetch("SELECT id, balance, held FROM accounts WHERE id = ANY($1)", self.ids)
+        )
         for r in rows:
             assert (r["balance"], r["held"]) == (self.balance[r["id"]], self.held[r["id"]])
             assert 0 <= r["held"] <= r["balance"]
@@ -186,6 +190,8 @@ def test_ledger_state_machine(own_database: str) -> None:
 
 
 settings_profile = settings(
-    max_examples=60, stateful_step_count=30, deadline=None,
+    max_examples=60,
+    stateful_step_count=30,
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )

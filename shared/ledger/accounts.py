@@ -7,14 +7,15 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 
 from shared.errors import Conflict, InvalidInput, NotFound
 from shared.ledger.sqlerrors import mapped
 
-Conn = asyncpg.Connection | asyncpg.Pool
+# An asyncpg Connection or Pool: both have fetch/fetchrow/fetchval/execute. asyncpg ships no types, so Any.
+Conn: TypeAlias = Any
 
 KEY_PREFIX = "cq_"
 
@@ -45,7 +46,9 @@ class Account:
 
     @classmethod
     def from_record(cls, r: asyncpg.Record) -> Account:
-        return cls(r["id"], r["external_id"], r["tier"], r["status"], r["balance"], r["held"], r["created_at"])
+        return cls(
+            r["id"], r["external_id"], r["tier"], r["status"], r["balance"], r["held"], r["created_at"]
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +62,10 @@ class KeyCheck:
 
 
 async def create_account(
-    conn: Conn, tier: str = "free", credits: int = 0, external_id: str | None = None,
+    conn: Conn,
+    tier: str = "free",
+    credits: int = 0,
+    external_id: str | None = None,
     expires_at: datetime | None = None,
 ) -> tuple[Account, str, str]:
     """Create an account with an API key and, if ``credits`` > 0, an opening ``grant``; one transaction.
@@ -83,7 +89,11 @@ async def create_account(
                 )
                 SELECT a.id, k.id AS key_id, (SELECT count(*) FROM g) AS granted FROM a, k
                 """,
-                external_id, tier, hash_key(key), credits, expires_at,
+                external_id,
+                tier,
+                hash_key(key),
+                credits,
+                expires_at,
             )
     except asyncpg.UniqueViolationError:
         raise Conflict(f"externalId {external_id!r} is taken") from None
@@ -112,7 +122,9 @@ async def update_account(conn: Conn, ref: str, tier: str | None = None, status: 
     r = await conn.fetchrow(
         "UPDATE accounts SET tier = coalesce($2, tier), status = coalesce($3, status), updated_at = now() "
         "WHERE id = $1 RETURNING *",
-        account.id, tier, status,
+        account.id,
+        tier,
+        status,
     )
     assert r is not None
     return Account.from_record(r)
@@ -125,7 +137,9 @@ async def create_key(conn: Conn, ref: str, expires_at: datetime | None = None) -
     key_id = await conn.fetchval(
         "INSERT INTO api_keys (id, account_id, key_hash, expires_at) VALUES (cq_new_id('key'), $1, $2, $3) "
         "RETURNING id",
-        account.id, hash_key(key), expires_at,
+        account.id,
+        hash_key(key),
+        expires_at,
     )
     return str(key_id), key
 
@@ -201,7 +215,9 @@ async def list_entries(
         before = int(raw)
     rows = await conn.fetch(
         "SELECT * FROM ledger_entries WHERE account_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
-        account_id, before, limit + 1,
+        account_id,
+        before,
+        limit + 1,
     )
     items = [entry_view(r) for r in rows[:limit]]
     next_cursor = encode_cursor(str(rows[limit - 1]["id"])) if len(rows) > limit else None

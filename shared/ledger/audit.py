@@ -76,9 +76,9 @@ SELECT 'unapplied_event', account_id, NULL, id, format('%s event not applied: %s
 class Problem:
     kind: str
     detail: str
-    accountId: str | None = None  # noqa: N815 - the report's JSON field names
-    taskId: str | None = None  # noqa: N815
-    eventId: str | None = None  # noqa: N815
+    accountId: str | None = None
+    taskId: str | None = None
+    eventId: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -109,13 +109,19 @@ Fixer = Callable[[asyncpg.Pool, Problem], Awaitable[str | None]]
 async def check(conn: asyncpg.Connection | asyncpg.Pool, sweep_seconds: float) -> list[Problem]:
     """Every problem found, in one read-only query (one consistent snapshot)."""
     rows = await conn.fetch(_CHECKS, sweep_seconds)
-    return [Problem(kind=r["kind"], detail=r["detail"], accountId=r["account_id"], taskId=r["task_id"],
-                    eventId=r["event_id"]) for r in rows]
+    return [
+        Problem(
+            kind=r["kind"],
+            detail=r["detail"],
+            accountId=r["account_id"],
+            taskId=r["task_id"],
+            eventId=r["event_id"],
+        )
+        for r in rows
+    ]
 
 
-async def audit(
-    pool: asyncpg.Pool, sweep_seconds: float, fixers: dict[str, Fixer] | None = None
-) -> Report:
+async def audit(pool: asyncpg.Pool, sweep_seconds: float, fixers: dict[str, Fixer] | None = None) -> Report:
     """Check; with ``fixers`` (kind → repair), repair what can be repaired and check again.
 
     The report's ``problems`` are those left after repairs; ``fixed`` says what each repair did. Fixers only run

@@ -18,7 +18,12 @@ CREDIT_KINDS = ("grant", "purchase", "subscription", "adjustment")
 
 
 async def credit(
-    conn: Conn, account_id: str, amount: int, reason: str | None, key: str | None, kind: str | None = None,
+    conn: Conn,
+    account_id: str,
+    amount: int,
+    reason: str | None,
+    key: str | None,
+    kind: str | None = None,
     event_id: str | None = None,
 ) -> asyncpg.Record:
     """Add (amount > 0, kind ``grant`` by default) or remove (amount < 0, kind ``adjustment``) credits.
@@ -30,13 +35,16 @@ async def credit(
     kind = kind or ("grant" if amount > 0 else "adjustment")
     assert kind in CREDIT_KINDS
     async with mapped():
-        r = await conn.fetchrow("SELECT * FROM cq_credit($1, $2, $3, $4, $5, $6)",
-                                account_id, kind, amount, reason, key, event_id)
+        r = await conn.fetchrow(
+            "SELECT * FROM cq_credit($1, $2, $3, $4, $5, $6)", account_id, kind, amount, reason, key, event_id
+        )
     assert r is not None
     return r
 
 
-async def hold(conn: Conn, account_id: str, hold_id: str, amount: int, task_id: str | None = None) -> asyncpg.Record:
+async def hold(
+    conn: Conn, account_id: str, hold_id: str, amount: int, task_id: str | None = None
+) -> asyncpg.Record:
     """Freeze ``amount`` credits under ``hold_id``; returns the ``hold`` entry.
 
     Idempotent by ``hold_id``. Raises InsufficientCredits (available < amount), Forbidden (suspended account),
@@ -74,7 +82,12 @@ async def release(conn: Conn, hold_id: str) -> asyncpg.Record:
 
 
 async def transfer(
-    conn: Conn, from_id: str, to_id: str, amount: int, memo: str | None, key: str | None,
+    conn: Conn,
+    from_id: str,
+    to_id: str,
+    amount: int,
+    memo: str | None,
+    key: str | None,
     request_hash: str | None = None,
 ) -> asyncpg.Record:
     """Move ``amount`` credits from one account to another; returns the transfer row.
@@ -85,8 +98,15 @@ async def transfer(
     oneself).
     """
     async with mapped():
-        r = await conn.fetchrow("SELECT * FROM cq_transfer($1, $2, $3, $4, $5, $6)",
-                                from_id, to_id, amount, memo, key, request_hash)
+        r = await conn.fetchrow(
+            "SELECT * FROM cq_transfer($1, $2, $3, $4, $5, $6)",
+            from_id,
+            to_id,
+            amount,
+            memo,
+            key,
+            request_hash,
+        )
     assert r is not None
     return r
 
