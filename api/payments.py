@@ -1,9 +1,8 @@
 """Payment routes: the signed payments webhook and the operator's view of stored events.
 
-``routes`` is included by ``api.app``. Handlers find their dependencies on ``request.app.state``: ``settings``
-(:class:`~shared.config.Settings`), ``pool`` (asyncpg) and ``pricing`` (loaded from ``settings.pricing_path``
-when the app did not put one there). Every error is a :class:`~shared.errors.CreditqError`, which the app's
-handler turns into ``{"error": {"code", "message", ...}}``.
+``routes`` is included by ``api.app``. Handlers get settings, the price list and the Postgres pool from
+:func:`api.services.services`; every error is a :class:`~shared.errors.CreditqError`, which ``api.errors``
+turns into ``{"error": {"code", "message", ...}}``.
 
 - ``POST /v1/webhooks/payments``: PAYMENTS_WEBHOOK_SECRET empty → 404 ``not_found`` (the webhook is disabled:
   as if the route did not exist, rather than 503, because no retry will ever succeed). Body over 64 KiB → 413
@@ -13,90 +12,40 @@ handler turns into ``{"error": {"code", "message", ...}}``.
   200 ``{"ok": true, "applied": true|false, "eventId", ...}`` (false: a repeat), 200 ``{"ok": true,
   "ignored": true, ...}`` for types creditq does not act on, 422 ``event_not_applied`` (kept pending, so that
   the sender retries) when it cannot be applied yet.
-- ``POST /v1/admin/payments/events/{eventId}/apply`` (admin): re-apply a stored event through the same path →
+- Admin routes (``api.auth.require_admin``: 403 while CREDITQ_ADMIN_TOKEN is unset, 401 without the token):
+  ``POST /v1/admin/payments/events/{eventId}/apply``: re-apply a stored event through the same path →
   200 outcome, 422 ``event_not_applied`` while still not applicable, 404 for an unknown id.
-- ``GET /v1/admin/payments/events?status=&limit=&cursor=`` and ``GET /v1/admin/payments/events/{eventId}``
-  (admin): the stored events, newest first; one event with its payload.
+  ``GET /v1/admin/payments/events?status=&limit=&cursor=`` and ``GET /v1/admin/payments/events/{eventId}``:
+  the stored events, newest first; one event with its payload.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import math
-from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 import structlog
 from prometheus_client import Counter
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
+from api.auth import require_admin
+from api.requests import InvalidJson, query_limit, read_body
+from api.services import services
 from shared import db
-from shared.config import Settings
-from shared.errors import CreditqError, InvalidInput, NotFound, UnappliedEvent, Unauthenticated
+from shared.errors import CreditqError, NotFound, UnappliedEvent
 from shared.ledger import payments
-from shared.pricing import Pricing, load
 from shared.signature import HEADER, parse_secrets, verify
 
 log = structlog.get_logger()
-
-MAX_BODY = 64 * 1024
 
 EVENTS = Counter(
     "creditq_payment_events_total",
     "Payment webhook deliveries by outcome (applied, repeat, ignored, pending, rejected).",
     ["outcome"],
 )
-
-
-class InvalidJson(CreditqError):
-    """The body is not JSON, or not a JSON object."""
-
-    status = 400
-    code = "invalid_json"
-
-
-class PayloadTooLarge(CreditqError):
-    """The body is over :data:`MAX_BODY` bytes."""
-
-    status = 413
-    code = "payload_too_large"
-
-
-@dataclass(frozen=True, slots=True)
-class Deps:
-    settings: Settings
-    pool: asyncpg.Pool
-    pricing: Pricing
-
-
-def deps(request: Request) -> Deps:
-    """The handler's dependencies from ``app.state``; the price list is loaded once and cached there when the
-    app did not provide it. Raises ConfigError for an unreadable price list."""
-    state = request.app.state
-    settings: Settings = state.settings
-    pricing: Pricing | None = getattr(state, "pricing", None)
-    if pricing is None:
-        pricing = load(settings.pricing_path)
-        state.pricing = pricing
-    return Deps(settings, state.pool, pricing)
-
-
-async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
-    """The raw body, refusing more than ``limit`` bytes (PayloadTooLarge) without buffering past the limit: a
-    declared Content-Length over it is refused before reading, a chunked body as soon as it passes it."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"the body is over {limit // 1024} KiB")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise PayloadTooLarge(f"the body is over {limit // 1024} KiB")
-    return bytes(body)
 
 
 def _finite(text: str) -> float:
@@ -122,18 +71,6 @@ def parse_object(body: bytes) -> dict[str, Any]:
     return value
 
 
-def require_admin(request: Request, settings: Settings) -> None:
-    """Admin bearer check, constant-time. Empty CREDITQ_ADMIN_TOKEN → NotFound (admin endpoints disabled: they
-    do not exist); no or wrong token → Unauthenticated."""
-    if not settings.admin_token:
-        raise NotFound("admin endpoints are disabled (CREDITQ_ADMIN_TOKEN is not set)")
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        token.strip().encode(), settings.admin_token.encode()
-    ):
-        raise Unauthenticated("an admin bearer token is required")
-
-
 def _unapplied(outcome: payments.Outcome) -> UnappliedEvent:
     return UnappliedEvent(
         f"payment event {outcome.event_id} is stored but not applied: {outcome.detail}",
@@ -148,8 +85,8 @@ async def payments_webhook(request: Request) -> JSONResponse:
     apply an event once. The event is committed to ``payment_events`` before it is applied, and applied in one
     transaction with its ledger entry. Errors: NotFound (disabled), PayloadTooLarge, InvalidSignature,
     InvalidJson, InvalidInput, UnappliedEvent (422, stored, retry later), Unavailable."""
-    d = deps(request)
-    secrets = parse_secrets(d.settings.payments_webhook_secret)
+    svc = services(request)
+    secrets = parse_secrets(svc.settings.payments_webhook_secret)
     if not secrets:
         raise NotFound("payments webhook is disabled (PAYMENTS_WEBHOOK_SECRET is not set)")
     body = await read_body(request)
@@ -161,27 +98,24 @@ async def payments_webhook(request: Request) -> JSONResponse:
         raise
     event = parse_object(body)
     event_id, event_type = payments.event_identity(event)
-    async with db.connection(d.pool) as conn:
+    async with db.connection(await svc.db()) as conn:
         stored = await payments.store_event(conn, event_id, event_type, event)
-        outcome = await payments.apply_event(conn, d.pricing, event_id, stored)
+        outcome = await payments.apply_event(conn, svc.pricing, event_id, stored)
     if outcome.status == "pending":
         EVENTS.labels("pending").inc()
         raise _unapplied(outcome)
-    EVENTS.labels(
-        "ignored" if outcome.status == "ignored" else "applied" if outcome.applied else "repeat"
-    ).inc()
+    EVENTS.labels("ignored" if outcome.status == "ignored" else "applied" if outcome.applied else "repeat").inc()
     return JSONResponse(outcome.view())
 
 
 async def admin_apply(request: Request) -> JSONResponse:
     """``POST /v1/admin/payments/events/{eventId}/apply``: apply a stored event now, through the webhook's own
-    path. Idempotent (an applied event answers 200 ``applied: false``). Errors: NotFound (unknown event, admin
-    disabled), Unauthenticated, UnappliedEvent (422 with the reason), Unavailable."""
-    d = deps(request)
-    require_admin(request, d.settings)
-    event_id = request.path_params["eventId"]
-    async with db.connection(d.pool) as conn:
-        outcome = await payments.apply_event(conn, d.pricing, event_id)
+    path. Idempotent (an applied event answers 200 ``applied: false``). Errors: NotFound (unknown event),
+    Forbidden (admin disabled), Unauthenticated, UnappliedEvent (422 with the reason), Unavailable."""
+    require_admin(request)
+    svc = services(request)
+    async with db.connection(await svc.db()) as conn:
+        outcome = await payments.apply_event(conn, svc.pricing, request.path_params["eventId"])
     if outcome.status == "pending":
         raise _unapplied(outcome)
     return JSONResponse(outcome.view())
@@ -189,29 +123,23 @@ async def admin_apply(request: Request) -> JSONResponse:
 
 async def admin_list(request: Request) -> JSONResponse:
     """``GET /v1/admin/payments/events?status=&limit=&cursor=`` → ``{"items", "nextCursor"}``, newest first.
-    Read-only. Errors: InvalidInput (status, limit 1..200, cursor), NotFound (admin disabled),
-    Unauthenticated."""
-    d = deps(request)
-    require_admin(request, d.settings)
-    raw_limit = request.query_params.get("limit", "50")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 200:
-        raise InvalidInput("limit must be 1 to 200", details=[{"field": "limit"}])
-    async with db.connection(d.pool) as conn:
-        events, cursor = await payments.list_events(
-            conn,
-            request.query_params.get("status") or None,
-            int(raw_limit),
-            request.query_params.get("cursor"),
-        )
+    Read-only. Errors: InvalidInput (status, limit 1..200, cursor), Forbidden (admin disabled),
+    Unauthenticated, Unavailable."""
+    require_admin(request)
+    svc = services(request)
+    limit = query_limit(request, default=50, maximum=200)
+    status = request.query_params.get("status") or None
+    async with db.connection(await svc.db()) as conn:
+        events, cursor = await payments.list_events(conn, status, limit, request.query_params.get("cursor"))
     return JSONResponse({"items": [e.view() for e in events], "nextCursor": cursor})
 
 
 async def admin_get(request: Request) -> JSONResponse:
     """``GET /v1/admin/payments/events/{eventId}`` → the stored event with its payload. Read-only. Errors:
-    NotFound, Unauthenticated."""
-    d = deps(request)
-    require_admin(request, d.settings)
-    async with db.connection(d.pool) as conn:
+    NotFound, Forbidden (admin disabled), Unauthenticated, Unavailable."""
+    require_admin(request)
+    svc = services(request)
+    async with db.connection(await svc.db()) as conn:
         event = await payments.get_event(conn, request.path_params["eventId"])
     return JSONResponse({**event.view(), "payload": event.payload})
 

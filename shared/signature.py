@@ -122,9 +122,7 @@ def verify(
         )
     skew = (time.time() if now is None else now) - timestamp
     if skew > tolerance:
-        raise InvalidSignature(
-            f"signature timestamp is {int(skew)} s old (tolerance {tolerance} s): a replay?"
-        )
+        raise InvalidSignature(f"signature timestamp is {int(skew)} s old (tolerance {tolerance} s): a replay?")
     if -skew > tolerance:
         raise InvalidSignature(
             f"signature timestamp is {int(-skew)} s in the future (tolerance {tolerance} s): check the clocks"

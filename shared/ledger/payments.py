@@ -59,7 +59,8 @@ STATUSES = ("pending", "applied", "ignored")
 # A purchase larger than this is a typo or an attack; it would also risk the bigint balance.
 MAX_PURCHASE_CREDITS = 10**12
 MAX_EVENT_ID_LENGTH = 255
-_DIGITS = re.compile(r"[0-9]{1,19}")  # ASCII only: str.isdigit() would accept "²" and friends
+MAX_WHOLE = 2**53 - 1
+_DIGITS = re.compile(r"[0-9]{1,16}")  # ASCII only: str.isdigit() would accept "²" and friends
 _NOT_YET = "received; not applied yet"
 
 
@@ -200,14 +201,14 @@ def _metadata(obj: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _whole(value: object) -> int | None:
-    """A non-negative whole number from an int or a string of ASCII digits (Stripe metadata are strings)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if value >= 0 else None
-    if isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
-        return int(value.strip())
-    return None
+    """A whole number in 0..MAX_WHOLE from an int or a string of ASCII digits (Stripe metadata are strings)."""
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
+        number = int(value.strip())
+    # Bounded so that nothing reaching Postgres can overflow a bigint (that would be a 500, not a reason).
+    return number if number is not None and 0 <= number <= MAX_WHOLE else None
 
 
 def _text(value: object) -> str | None:
@@ -254,8 +255,7 @@ def interpret(pricing: Pricing, event_type: str, event: Mapping[str, Any]) -> In
             problems.append("metadata.credits is missing")
         elif credits is None or not 0 < credits <= MAX_PURCHASE_CREDITS:
             problems.append(
-                f"metadata.credits must be a whole number from 1 to {MAX_PURCHASE_CREDITS}, "
-                f"got {str(raw)[:40]!r}"
+                f"metadata.credits must be a whole number from 1 to {MAX_PURCHASE_CREDITS}, got {str(raw)[:40]!r}"
             )
         if problems:
             return Intent("purchase", account_id, external_id, detail="; ".join(problems))
@@ -347,9 +347,7 @@ async def get_event(conn: Conn, event_id: str) -> StoredEvent:
     return StoredEvent.from_record(r)
 
 
-async def apply_event(
-    conn: Conn, pricing: Pricing, event_id: str, stored: StoredEvent | None = None
-) -> Outcome:
+async def apply_event(conn: Conn, pricing: Pricing, event_id: str, stored: StoredEvent | None = None) -> Outcome:
     """Apply a stored event if it is pending: one SQL function call, so one transaction (the caller's, if
     ``conn`` is inside one) holding the event's row lock, its ledger entry, its subscription period and tier.
 
@@ -379,9 +377,7 @@ async def apply_event(
             intent.detail,
         )
     assert r is not None
-    outcome = _outcome(
-        StoredEvent.from_record(r), applied=r["applied"], credited=r["credited"], entry_id=r["entry_id"]
-    )
+    outcome = _outcome(StoredEvent.from_record(r), applied=r["applied"], credited=r["credited"], entry_id=r["entry_id"])
     if outcome.status == "pending":
         log.warning(
             "payment event not applied",
@@ -457,9 +453,7 @@ async def reapply_pending(pool: asyncpg.Pool, pricing: Pricing) -> list[str]:
     Unavailable if Postgres goes away."""
     ids = [
         r["id"]
-        for r in await pool.fetch(
-            "SELECT id FROM payment_events WHERE status = 'pending' ORDER BY received_at, id"
-        )
+        for r in await pool.fetch("SELECT id FROM payment_events WHERE status = 'pending' ORDER BY received_at, id")
     ]
     applied: list[str] = []
     for event_id in ids:
