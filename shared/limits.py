@@ -274,16 +274,28 @@ async def usage(redis: Redis, settings: Settings, account_id: str, tier: Tier) -
 
     Raises Unavailable.
     """
-    kinds = sorted(k for k, seconds in tier.cooldown_seconds.items() if seconds > 0)
+    kinds = _cooldown_kinds(tier)
     keys = _keys(settings, account_id, "")
     cooldown_keys = [_keys(settings, account_id, k)[3] for k in kinds]
-    out = await _usage(
-        redis, [keys[0], keys[2], *cooldown_keys], [tier.cooldown_seconds[k] * 1000 for k in kinds]
-    )
+    out = await _usage(redis, [keys[0], keys[2], *cooldown_keys], [tier.cooldown_seconds[k] * 1000 for k in kinds])
     live, today, *left = (int(x) for x in out)
+    return _view(tier, live, today, [math.ceil(ms / 1000) for ms in left])
+
+
+def unknown_usage(tier: Tier) -> dict[str, Any]:
+    """The shape of :func:`usage` with the tier's limits and ``None`` for the use (Redis unreachable)."""
+    return _view(tier, None, None, [None] * len(_cooldown_kinds(tier)))
+
+
+def _cooldown_kinds(tier: Tier) -> list[str]:
+    return sorted(k for k, seconds in tier.cooldown_seconds.items() if seconds > 0)
+
+
+def _view(tier: Tier, live: int | None, today: int | None, left: list[int | None]) -> dict[str, Any]:
+    kinds = _cooldown_kinds(tier)
     return {
         "dailyJobs": {"limit": tier.daily_jobs or None, "used": today},
         "concurrentJobs": {"limit": tier.concurrent_jobs or None, "used": live},
         "cooldownSeconds": {k: tier.cooldown_seconds[k] for k in kinds},
-        "cooldownRemaining": {k: math.ceil(ms / 1000) for k, ms in zip(kinds, left, strict=True)},
+        "cooldownRemaining": dict(zip(kinds, left, strict=True)),
     }

@@ -153,6 +153,11 @@ async def revoke_key(conn: Conn, key_id: str) -> None:
         raise NotFound(f"no key {key_id!r}")
 
 
+async def ping(conn: Conn) -> None:
+    """One round trip to Postgres, for readiness checks. Raises what the connection raises."""
+    await conn.fetchval("SELECT 1")
+
+
 async def authenticate(conn: Conn, key: str) -> KeyCheck | None:
     """Resolve an API key; None when unknown. One indexed lookup on the key's hash."""
     r = await conn.fetchrow(

@@ -35,8 +35,14 @@ class Submitted:
 
 
 async def submit(
-    conn: Conn, account_id: str, model: Model, input: dict[str, Any], callback_url: str | None,
-    idempotency_key: str | None, request_hash: str | None, task_id: str | None = None,
+    conn: Conn,
+    account_id: str,
+    model: Model,
+    input: dict[str, Any],
+    callback_url: str | None,
+    idempotency_key: str | None,
+    request_hash: str | None,
+    task_id: str | None = None,
 ) -> Submitted:
     """Insert the task and hold its cost: one transaction, one round trip.
 
@@ -47,8 +53,18 @@ async def submit(
     async with mapped():
         r = await conn.fetchrow(
             "SELECT (s.task).*, s.inserted FROM cq_submit_task($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) s",
-            account_id, task_id or new_task_id(), model.model, model.kind, model.family, input, callback_url,
-            secrets.token_urlsafe(24), model.cost, model.deadline_seconds, idempotency_key, request_hash,
+            account_id,
+            task_id or new_task_id(),
+            model.model,
+            model.kind,
+            model.family,
+            input,
+            callback_url,
+            secrets.token_urlsafe(24),
+            model.cost,
+            model.deadline_seconds,
+            idempotency_key,
+            request_hash,
         )
     assert r is not None
     return Submitted(r, r["inserted"])
@@ -62,6 +78,13 @@ async def get(conn: Conn, task_id: str, account_id: str | None = None) -> asyncp
     if r is None:
         raise NotFound(f"no task {task_id!r}")
     return r
+
+
+async def get_by_idempotency_key(conn: Conn, account_id: str, key: str) -> asyncpg.Record | None:
+    """The account's task submitted with ``key``, or None. One indexed lookup (the (account, key) unique index)."""
+    return await conn.fetchrow(
+        "SELECT * FROM tasks WHERE account_id = $1 AND idempotency_key = $2", account_id, key
+    )
 
 
 async def list_for_account(
@@ -82,7 +105,11 @@ async def list_for_account(
         "SELECT * FROM tasks WHERE account_id = $1 AND ($2::text IS NULL OR status = $2) "
         "AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4)) "
         "ORDER BY created_at DESC, id DESC LIMIT $5",
-        account_id, status, after_ts, after_id, limit + 1,
+        account_id,
+        status,
+        after_ts,
+        after_id,
+        limit + 1,
     )
     next_cursor = None
     if len(rows) > limit:
@@ -92,8 +119,14 @@ async def list_for_account(
 
 
 async def finish(
-    conn: Conn, task_id: str, status: str, *, result: dict[str, Any] | None = None,
-    error_code: str | None = None, error_message: str | None = None, from_states: tuple[str, ...] = LIVE,
+    conn: Conn,
+    task_id: str,
+    status: str,
+    *,
+    result: dict[str, Any] | None = None,
+    error_code: str | None = None,
+    error_message: str | None = None,
+    from_states: tuple[str, ...] = LIVE,
 ) -> tuple[asyncpg.Record, bool]:
     """Move a live task to ``status`` and capture (succeeded) or release (failed, canceled) its hold, in one
     transaction. Exactly once: if the task already left ``from_states`` nothing changes and the task is returned
@@ -102,7 +135,12 @@ async def finish(
     async with mapped():
         r = await conn.fetchrow(
             "SELECT (f.task).*, f.changed FROM cq_finish_task($1, $2, $3, $4, $5, $6) f",
-            task_id, status, list(from_states), result, error_code, error_message,
+            task_id,
+            status,
+            list(from_states),
+            result,
+            error_code,
+            error_message,
         )
     assert r is not None
     return r, r["changed"]
@@ -112,7 +150,9 @@ async def cancel(conn: Conn, task_id: str, account_id: str) -> asyncpg.Record:
     """Cancel a task that is still queued and not being submitted; its hold is released. Idempotent for a task
     already canceled. Raises NotFound (unknown or another account's), NotCancelable."""
     async with mapped():
-        r = await conn.fetchrow("SELECT (c.task).*, c.changed FROM cq_cancel_task($1, $2) c", task_id, account_id)
+        r = await conn.fetchrow(
+            "SELECT (c.task).*, c.changed FROM cq_cancel_task($1, $2) c", task_id, account_id
+        )
     assert r is not None
     if r["changed"] or r["status"] == "canceled":
         return r
@@ -145,6 +185,7 @@ def task_view(r: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
 
 # --- The worker's bookkeeping: no money moves below. ---------------------------------------------------------
 
+
 async def claim_submit(conn: Conn, task_id: str) -> asyncpg.Record | None:
     """Record the intent to create the provider task. Returns the task if this caller won the claim, None if the
     task is not queued, already has a provider task, or has an intent in flight (maybe from a crashed worker)."""
@@ -164,7 +205,9 @@ async def abandon_submit(conn: Conn, task_id: str, next_check_at: datetime, atte
         "UPDATE tasks SET submit_started_at = NULL, next_check_at = $2, updated_at = now(), "
         "submit_attempts = submit_attempts - CASE WHEN $3::bool THEN 0 ELSE 1 END "
         "WHERE id = $1 AND status = 'queued' AND provider_task_id IS NULL",
-        task_id, next_check_at, attempted,
+        task_id,
+        next_check_at,
+        attempted,
     )
 
 
@@ -173,7 +216,9 @@ async def mark_running(conn: Conn, task_id: str, provider_task_id: str, next_che
     r = await conn.fetchval(
         "UPDATE tasks SET status = 'running', provider_task_id = $2, submit_started_at = NULL, "
         "next_check_at = $3, updated_at = now() WHERE id = $1 AND status = 'queued' RETURNING id",
-        task_id, provider_task_id, next_check_at,
+        task_id,
+        provider_task_id,
+        next_check_at,
     )
     return r is not None
 
@@ -183,20 +228,25 @@ async def schedule(conn: Conn, task_id: str, next_check_at: datetime, polled: bo
     await conn.execute(
         "UPDATE tasks SET next_check_at = $2, polls = polls + $3::int, updated_at = now() "
         "WHERE id = $1 AND status IN ('queued', 'running')",
-        task_id, next_check_at, 1 if polled else 0,
+        task_id,
+        next_check_at,
+        1 if polled else 0,
     )
 
 
 async def overdue(conn: Conn, grace_seconds: float, limit: int = 5000) -> list[asyncpg.Record]:
     """Live tasks whose next check is more than ``grace_seconds`` late (their queue entry may be lost), and live
     tasks past their deadline; oldest first."""
-    return list(await conn.fetch(
-        "SELECT id, status, deadline_at < now() AS expired FROM tasks "
-        "WHERE status IN ('queued', 'running') "
-        "AND (next_check_at < now() - make_interval(secs => $1) OR deadline_at < now()) "
-        "ORDER BY next_check_at LIMIT $2",
-        grace_seconds, limit,
-    ))
+    return list(
+        await conn.fetch(
+            "SELECT id, status, deadline_at < now() AS expired FROM tasks "
+            "WHERE status IN ('queued', 'running') "
+            "AND (next_check_at < now() - make_interval(secs => $1) OR deadline_at < now()) "
+            "ORDER BY next_check_at LIMIT $2",
+            grace_seconds,
+            limit,
+        )
+    )
 
 
 async def by_callback(conn: Conn, task_id: str) -> asyncpg.Record | None:

@@ -1,0 +1,64 @@
+"""The caller's own account: ``GET /v1/account`` and ``GET /v1/account/transactions``; and the account view
+that the admin endpoints show too."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from api.auth import caller
+from api.requests import query_limit
+from api.services import Services, services
+from shared import limits
+from shared.errors import Unavailable
+from shared.ledger import accounts
+
+log = structlog.get_logger()
+
+
+async def account_view(svc: Services, account: accounts.Account) -> dict[str, Any]:
+    """CONTRACT.md's account view. ``limits`` shows the tier's limits and today's use; when Redis is down the
+    use is ``null`` rather than the whole view a 503: the balance lives in Postgres and is still worth showing.
+    """
+    tier = svc.pricing.tier(account.tier)
+    try:
+        usage = await limits.usage(await svc.arq(), svc.settings, account.id, tier)
+    except Unavailable:
+        usage = limits.unknown_usage(tier)
+    return {
+        "accountId": account.id,
+        "externalId": account.external_id,
+        "tier": account.tier,
+        "status": account.status,
+        "balance": account.balance,
+        "held": account.held,
+        "available": account.available,
+        "limits": usage,
+        "createdAt": account.created_at.isoformat(),
+    }
+
+
+async def get_account(request: Request) -> JSONResponse:
+    """``GET /v1/account``: the caller's account view (a suspended account may read it)."""
+    who = await caller(request)
+    return JSONResponse(await account_view(services(request), who.account))
+
+
+async def list_transactions(request: Request) -> JSONResponse:
+    """``GET /v1/account/transactions?limit=&cursor=``: the caller's ledger entries, newest first."""
+    who = await caller(request)
+    limit = query_limit(request)
+    items, next_cursor = await accounts.list_entries(
+        await services(request).db(), who.account.id, limit, request.query_params.get("cursor") or None
+    )
+    return JSONResponse({"items": items, "nextCursor": next_cursor})
+
+
+routes = [
+    Route("/v1/account", get_account, methods=["GET"]),
+    Route("/v1/account/transactions", list_transactions, methods=["GET"]),
+]

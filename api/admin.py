@@ -1,0 +1,98 @@
+"""The operator's account endpoints under ``/v1/admin`` (admin token required): create, read and change
+accounts, grant or adjust credits, issue and revoke API keys."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from api.accounts import account_view
+from api.auth import require_admin
+from api.requests import Fields, idempotency_key, json_object
+from api.services import services
+from shared.ledger import accounts, money
+
+MAX_REASON_LENGTH = 500
+
+
+async def create_account(request: Request) -> JSONResponse:
+    """``POST /v1/admin/accounts`` ``{"tier"?, "credits"?, "externalId"?}`` → 201 account view plus ``apiKey``
+    (shown once) and ``keyId``. Raises InvalidInput, Conflict (externalId taken)."""
+    require_admin(request)
+    svc = services(request)
+    fields = Fields(await json_object(request, optional=True))
+    tier = fields.string("tier", choices=list(svc.pricing.tiers)) or "free"
+    credits = fields.integer("credits", minimum=0) or 0
+    external_id = fields.string("externalId")
+    fields.check()
+    account, key_id, api_key = await accounts.create_account(await svc.db(), tier, credits, external_id)
+    view = await account_view(svc, account)
+    return JSONResponse({**view, "apiKey": api_key, "keyId": key_id}, 201)
+
+
+async def account(request: Request) -> JSONResponse:
+    """``GET /v1/admin/accounts/{id}`` → account view; ``PATCH`` ``{"tier"?, "status"?}`` changes it first.
+    ``{id}`` is the accountId or the externalId. Raises NotFound, InvalidInput."""
+    require_admin(request)
+    svc = services(request)
+    ref = request.path_params["ref"]
+    if request.method == "PATCH":
+        fields = Fields(await json_object(request))
+        tier = fields.string("tier", choices=list(svc.pricing.tiers))
+        status = fields.string("status", choices=("active", "suspended"))
+        fields.check()
+        found = await accounts.update_account(await svc.db(), ref, tier, status)
+    else:
+        found = await accounts.get_account(await svc.db(), ref)
+    return JSONResponse(await account_view(svc, found))
+
+
+async def add_credits(request: Request) -> JSONResponse:
+    """``POST /v1/admin/accounts/{id}/credits`` ``{"amount": int ≠ 0, "reason"}`` with an optional
+    ``Idempotency-Key`` → 201 ``{"entry", "account"}``. A positive amount is a ``grant``, a negative one an
+    ``adjustment`` that never takes available below 0 (402). A repeated key answers the first entry; the same
+    key with another amount is 409. Raises NotFound, InvalidInput, InsufficientCredits, IdempotencyConflict."""
+    require_admin(request)
+    svc = services(request)
+    body = await json_object(request)
+    key = idempotency_key(request)
+    fields = Fields(body)
+    amount = fields.integer("amount", required=True, nonzero=True)
+    reason = fields.string("reason", required=True, max_length=MAX_REASON_LENGTH)
+    fields.check()
+    pool = await svc.db()
+    target = await accounts.get_account(pool, request.path_params["ref"])
+    entry = await money.credit(pool, target.id, amount, reason, key)
+    after = await accounts.get_account(pool, target.id)
+    return JSONResponse({"entry": accounts.entry_view(entry), "account": await account_view(svc, after)}, 201)
+
+
+async def create_key(request: Request) -> JSONResponse:
+    """``POST /v1/admin/accounts/{id}/keys`` (optional body ``{"expiresAt": ISO 8601}``) → 201
+    ``{"keyId", "apiKey"}``; the key is shown once. Raises NotFound, InvalidInput."""
+    require_admin(request)
+    fields = Fields(await json_object(request, optional=True))
+    expires_at = fields.timestamp("expiresAt")
+    fields.check()
+    key_id, api_key = await accounts.create_key(await services(request).db(), request.path_params["ref"], expires_at)
+    view = {"keyId": key_id, "apiKey": api_key}
+    if expires_at is not None:
+        view["expiresAt"] = expires_at.isoformat()
+    return JSONResponse(view, 201)
+
+
+async def revoke_key(request: Request) -> Response:
+    """``DELETE /v1/admin/keys/{keyId}`` → 204; the key stops working at once. Idempotent. Raises NotFound."""
+    require_admin(request)
+    await accounts.revoke_key(await services(request).db(), request.path_params["key_id"])
+    return Response(status_code=204)
+
+
+routes = [
+    Route("/v1/admin/accounts", create_account, methods=["POST"]),
+    Route("/v1/admin/accounts/{ref}", account, methods=["GET", "PATCH"]),
+    Route("/v1/admin/accounts/{ref}/credits", add_credits, methods=["POST"]),
+    Route("/v1/admin/accounts/{ref}/keys", create_key, methods=["POST"]),
+    Route("/v1/admin/keys/{key_id}", revoke_key, methods=["DELETE"]),
+]

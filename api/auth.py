@@ -1,0 +1,69 @@
+"""Who is calling: an API key (``Authorization: Bearer <apiKey>``) or the admin token.
+
+- No key or an unknown key → 401 ``unauthenticated``; a revoked or expired key → 403 ``forbidden``.
+- A suspended account may still read (its account, its jobs); its writes (jobs, cancels, transfers) → 403.
+- The admin token is compared in constant time; with ``CREDITQ_ADMIN_TOKEN`` unset the admin endpoints are
+  disabled (403), so an empty token can never match.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from api.services import services
+from shared.errors import Forbidden, Unauthenticated
+from shared.ledger import accounts
+
+# Real keys are ~46 characters; anything much longer is not worth a database lookup.
+_MAX_KEY_LENGTH = 512
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """An authenticated caller: its account (as of this request) and the key it used."""
+
+    account: accounts.Account
+    key_id: str
+
+
+def bearer(request: Request) -> str | None:
+    """The bearer credential of the Authorization header, or None."""
+    header = request.headers.get("authorization", "")
+    scheme, _, credential = header.partition(" ")
+    if scheme.lower() != "bearer" or not credential.strip():
+        return None
+    return credential.strip()
+
+
+async def caller(request: Request, *, write: bool = False) -> Caller:
+    """Authenticate the API key. With ``write``, also require an active (not suspended) account.
+
+    Raises Unauthenticated (no key, unknown key), Forbidden (revoked/expired key; suspended on a write),
+    Unavailable (Postgres down).
+    """
+    key = bearer(request)
+    if key is None:
+        raise Unauthenticated("an API key is required: send Authorization: Bearer <apiKey>")
+    if len(key) > _MAX_KEY_LENGTH:
+        raise Unauthenticated("unknown API key")
+    check = await accounts.authenticate(await services(request).db(), key)
+    if check is None:
+        raise Unauthenticated("unknown API key")
+    if not check.usable:
+        raise Forbidden(check.why)
+    if write and check.account.status != "active":
+        raise Forbidden("this account is suspended: it can read but not start jobs, cancel or transfer")
+    return Caller(check.account, check.key_id)
+
+
+def require_admin(request: Request) -> None:
+    """Require the admin token. Raises Forbidden (admin disabled) or Unauthenticated (missing/wrong token)."""
+    token = services(request).settings.admin_token
+    if not token:
+        raise Forbidden("the admin endpoints are disabled: set CREDITQ_ADMIN_TOKEN to enable them")
+    presented = bearer(request)
+    if presented is None or not hmac.compare_digest(presented.encode(), token.encode()):
+        raise Unauthenticated("the admin token is required: send Authorization: Bearer <CREDITQ_ADMIN_TOKEN>")
