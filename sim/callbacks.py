@@ -33,9 +33,7 @@ _Delivery = tuple[SimTask, int, int]  # task, try number (1-based), state genera
 class CallbackSender:
     """Schedules, queues and delivers callbacks for one simulator instance."""
 
-    def __init__(
-        self, state: SimState, scheduler: Scheduler, concurrency: int = CALLBACK_CONCURRENCY
-    ) -> None:
+    def __init__(self, state: SimState, scheduler: Scheduler, concurrency: int = CALLBACK_CONCURRENCY) -> None:
         self._state = state
         self._scheduler = scheduler
         self._concurrency = concurrency
@@ -121,9 +119,7 @@ class CallbackSender:
         if attempt < options.callback_tries:
             delay = options.callback_retry_delay * options.time_scale
             log.info("sim.callback.retry", task_id=task.task_id, attempt=attempt, status=status, error=error)
-            self._scheduler.call_at(
-                self._state.clock() + delay, lambda: self._enqueue(task, attempt + 1, generation)
-            )
+            self._scheduler.call_at(self._state.clock() + delay, lambda: self._enqueue(task, attempt + 1, generation))
             return
         stats.callbacks_failed += 1
         log.warning("sim.callback.gave_up", task_id=task.task_id, tries=attempt, status=status, error=error)

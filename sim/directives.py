@@ -61,6 +61,4 @@ def parse_directives(prompt: str) -> Directives:
             nocallback = True
         elif name == "flaky" and value is None:
             flaky = True
-    return Directives(
-        seconds=seconds, fail_code=fail_code, create_code=create_code, nocallback=nocallback, flaky=flaky
-    )
+    return Directives(seconds=seconds, fail_code=fail_code, create_code=create_code, nocallback=nocallback, flaky=flaky)

@@ -130,9 +130,7 @@ def veo_callback(task: SimTask) -> dict[str, object]:
     the numeric fail code when it lies in 400-599 (else 501), ``msg`` = the error message, ``info`` null.
     """
     if task.fail_code is None:
-        return envelope(
-            200, VEO_SUCCESS_MSG, {"taskId": task.task_id, "info": {"resultUrls": task.result_urls()}}
-        )
+        return envelope(200, VEO_SUCCESS_MSG, {"taskId": task.task_id, "info": {"resultUrls": task.result_urls()}})
     code = int(task.fail_code) if task.fail_code.isdigit() and 400 <= int(task.fail_code) <= 599 else 501
     return envelope(code, task.fail_msg, {"taskId": task.task_id, "info": None})
 
