@@ -8,6 +8,7 @@ Standard-library loggers (arq, uvicorn) go through the same renderer so a proces
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 import structlog
@@ -15,15 +16,34 @@ import structlog
 from shared.config import Settings
 
 # Keys never written to a log line, whatever a caller binds.
-_SECRET_KEYS = frozenset(
-    {"api_key", "apikey", "token", "secret", "authorization", "password", "callback_token"}
+_SECRET_KEYS = frozenset({"api_key", "apikey", "token", "secret", "authorization", "password", "callback_token"})
+
+
+# Secrets inside values: a bearer credential, a creditq API key, a ``token=``/``key=`` query parameter (the
+# provider's callback URL carries the task's token; a client's callback URL may carry anything).
+_SECRET_VALUES = re.compile(
+    r"(?P<bearer>\b[Bb]earer\s+)[^\s\"',]+"
+    r"|(?P<cq>\bcq_)[A-Za-z0-9_\-]{16,}"
+    r"|(?P<param>[?&;](?:token|api_?key|apikey|key|secret|signature|sig|access_token)=)[^&#\s\"']+",
+    re.IGNORECASE,
 )
 
 
+def _scrub(text: str) -> str:
+    """``text`` with every secret-looking value replaced by ``[redacted]`` (what precedes it is kept)."""
+    if "=" not in text and "cq_" not in text and "earer" not in text and "EARER" not in text:
+        return text  # the common case, without the regex: this runs on every string of every line
+    return _SECRET_VALUES.sub(lambda m: (m.group("bearer") or m.group("cq") or m.group("param")) + "[redacted]", text)
+
+
 def _drop_secrets(_: object, __: str, event: dict[str, object]) -> dict[str, object]:
-    for key in list(event):
+    """Redact secret keys whatever their value, and secret-looking parts of every string value (a log line must
+    never carry an API key, the admin token or a callback token, whoever logged it)."""
+    for key, value in list(event.items()):
         if key.lower() in _SECRET_KEYS:
             event[key] = "[redacted]"
+        elif isinstance(value, str) and value:
+            event[key] = _scrub(value)
     return event
 
 

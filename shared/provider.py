@@ -34,9 +34,9 @@ from typing import Any, Literal, NoReturn
 
 import httpx
 import structlog
-
 from redis.asyncio import Redis
 
+from shared import metrics
 from shared.config import Settings
 from shared.errors import ProviderError, ProviderOutOfCredits, ProviderPermanent, ProviderTransient
 from shared.pricing import Model
@@ -44,9 +44,7 @@ from shared.pricing import Model
 log = structlog.get_logger("creditq.provider")
 
 # The provider sits behind an edge that answers "error code: 1010" to clients without a browser-like agent.
-USER_AGENT = (
-    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36"
-)
+USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36"
 VEO_DEFAULT_ASPECT_RATIO = "16:9"
 
 State = Literal["pending", "succeeded", "failed"]
@@ -160,8 +158,13 @@ class ProviderClient:
             raise ProviderTransient("chat/credit answered without a number", provider_code=200) from None
 
     async def _call(
-        self, method: str, path: str, *, json_body: dict[str, Any] | None = None,
-        params: dict[str, str] | None = None, create: bool = False,
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: dict[str, Any] | None = None,
+        params: dict[str, str] | None = None,
+        create: bool = False,
     ) -> Any:
         started = time.perf_counter()
         outcome = "ok"
@@ -187,11 +190,10 @@ class ProviderClient:
             outcome = type(e).__name__
             raise
         finally:
+            seconds = time.perf_counter() - started
+            metrics.observe_provider_call(path, code, outcome, seconds)
             # The key never reaches a log line: only the endpoint, the verdict and the latency.
-            log.info(
-                "kie.call", endpoint=path, http=status, code=code, outcome=outcome,
-                ms=round((time.perf_counter() - started) * 1000, 1),
-            )
+            log.info("kie.call", endpoint=path, http=status, code=code, outcome=outcome, ms=round(seconds * 1000, 1))
 
 
 def _verdict(resp: httpx.Response, path: str, *, create: bool) -> tuple[int, Any]:
@@ -212,8 +214,11 @@ def _verdict(resp: httpx.Response, path: str, *, create: bool) -> tuple[int, Any
         msg = str(body.get("msg") or body.get("message") or "")
         data = body.get("data")
     if http == 429 or code == 429:
-        raise ProviderTransient(f"{path}: rate limited", provider_code=429,
-                                retry_after=_retry_after(resp.headers.get("retry-after")))
+        raise ProviderTransient(
+            f"{path}: rate limited",
+            provider_code=429,
+            retry_after=_retry_after(resp.headers.get("retry-after")),
+        )
     if not 200 <= http < 300:
         # An error status from the provider or its edge; a body code other than 200 says it more precisely.
         effective = code if code not in (None, 200) else http

@@ -3,8 +3,14 @@
 KIE.ai limits each API key to ``KIE_CREATE_LIMIT`` creates per ``KIE_CREATE_WINDOW`` seconds and
 ``KIE_QUERY_LIMIT`` status queries per second, whoever sends them. :class:`ProviderBudget` keeps a sliding-window
 log per kind in one Redis sorted set (a Lua script reads Redis's own ``TIME``, so workers' clocks do not matter)
-under ``{CREDITQ_QUEUE}:budget:<sha256(KIE_API_KEY)[:16]>:<kind>``. A window is counted a little longer than the
-provider's (5 %, at least 100 ms) because our grant and the provider's arrival are not the same instant.
+under ``{CREDITQ_QUEUE}:budget:<sha256(KIE_API_KEY)[:16]>:<kind>``.
+
+The provider counts a request when it arrives, which is some time after our grant: a cold connection, a TLS
+handshake or a busy event loop can make that most of a second, enough to put 21 creates in the provider's 10 s.
+So a grant taken with a ``token`` is logged as *in flight* (at the latest time the request could arrive: now +
+``KIE_TIMEOUT``) until :meth:`ProviderBudget.done` moves it to the moment the answer came back, an upper bound of
+the arrival. Each log entry is therefore never earlier than the provider's own, and the window is counted a
+little longer than the provider's (5 %, at least 100 ms) for clocks that tick at different rates.
 
 :class:`Circuit` says "the provider account is out of credits: stop submitting". It is a Redis key with a
 time-to-live (the cool-down): whoever sees a 402 opens it, the worker's credit poll closes it as soon as the
@@ -28,8 +34,9 @@ from shared.config import Settings
 
 Kind = Literal["create", "query"]
 
-# KEYS[1]: the kind's log (ZSET of grant times in µs). ARGV: limit, window (µs), a unique member.
-# Returns 0 when granted (and recorded), else the µs until the oldest grant leaves the window.
+# KEYS[1]: the kind's log (ZSET: member → latest possible arrival, µs). ARGV: limit, window (µs), a unique member,
+# flight allowance (µs; 0 = the request is as good as sent). Returns 0 when granted (and logged), else the µs
+# until a slot may free: an entry in flight frees no sooner than a window after now.
 _SLIDING_WINDOW = """
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
@@ -37,12 +44,31 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 if redis.call('ZCARD', KEYS[1]) < limit then
-    redis.call('ZADD', KEYS[1], now, ARGV[3])
-    redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000) + 1000)
+    local flight = tonumber(ARGV[4])
+    redis.call('ZADD', KEYS[1], now + flight, ARGV[3])
+    redis.call('PEXPIRE', KEYS[1], math.ceil((window + flight) / 1000) + 1000)
     return 0
 end
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return math.max(1, tonumber(oldest[2]) + window - now)
+return math.max(1, math.min(tonumber(oldest[2]), now) + window - now)
+"""
+
+# KEYS: the logs; ARGV: their windows (µs). The number of entries of each still inside its window.
+_USAGE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local out = {}
+for i, key in ipairs(KEYS) do
+    out[i] = redis.call('ZCOUNT', key, '(' .. (now - tonumber(ARGV[i])), '+inf')
+end
+return out
+"""
+
+# KEYS[1]: the log; ARGV[1]: the member. The answer came back now: never later than that did it arrive.
+_DONE = """
+local t = redis.call('TIME')
+redis.call('ZADD', KEYS[1], 'XX', 'LT', tonumber(t[1]) * 1000000 + tonumber(t[2]), ARGV[1])
+return 0
 """
 
 MARGIN = 0.05
@@ -64,21 +90,46 @@ class ProviderBudget:
             "create": (f"{prefix}:create", settings.kie_create_limit, _padded(settings.kie_create_window)),
             "query": (f"{prefix}:query", settings.kie_query_limit, _padded(1.0)),
         }
+        self._flight_us = int(settings.kie_timeout * 1_000_000)
         self._script = redis.register_script(_SLIDING_WINDOW)
+        self._done = redis.register_script(_DONE)
+        self._usage = redis.register_script(_USAGE)
 
-    async def try_acquire(self, kind: Kind) -> float:
-        """Take one token of ``kind`` if the window has room: 0.0 (granted and recorded). Otherwise record
-        nothing and return the seconds until a slot frees. One Redis round trip; raises redis errors."""
+    @staticmethod
+    def new_token() -> str:
+        """A token naming one call, for :meth:`try_acquire` and :meth:`done`."""
+        return uuid.uuid4().hex
+
+    async def try_acquire(self, kind: Kind, token: str | None = None) -> float:
+        """Take one slot of ``kind`` if the window has room: 0.0 (granted and logged). Otherwise log nothing and
+        return the seconds until a slot may free. With ``token`` the grant is logged as in flight until
+        :meth:`done` (call it when the answer is in); without, as sent at the grant. One Redis round trip;
+        raises redis errors."""
         key, limit, window = self._limits[kind]
-        micros = await self._script(keys=[key], args=[limit, int(window * 1_000_000), uuid.uuid4().hex])
+        member = token or uuid.uuid4().hex
+        flight = self._flight_us if token else 0
+        micros = await self._script(keys=[key], args=[limit, int(window * 1_000_000), member, flight])
         return int(micros) / 1_000_000
 
-    async def acquire_or_wait(self, kind: Kind, max_wait: float) -> float:
-        """Wait (in small, jittered steps) up to ``max_wait`` seconds for a token: 0.0 when granted, else the
-        seconds still to wait for the next free slot (nothing recorded). Raises redis errors."""
+    async def done(self, kind: Kind, token: str) -> None:
+        """The call granted under ``token`` has its answer: count it from now, not from the latest time it could
+        have arrived. Idempotent. Raises redis errors (then the slot frees after ``KIE_TIMEOUT`` + window)."""
+        await self._done(keys=[self._limits[kind][0]], args=[token])
+
+    async def usage(self) -> dict[str, tuple[int, int]]:
+        """Kind → (calls counted in the current window, limit), for /metrics. Read-only; raises redis errors."""
+        kinds = list(self._limits)
+        counts = await self._usage(
+            keys=[self._limits[k][0] for k in kinds], args=[int(self._limits[k][2] * 1_000_000) for k in kinds]
+        )
+        return {k: (int(n), self._limits[k][1]) for k, n in zip(kinds, counts, strict=True)}
+
+    async def acquire_or_wait(self, kind: Kind, max_wait: float, token: str | None = None) -> float:
+        """Wait (in small, jittered steps) up to ``max_wait`` seconds for a slot: 0.0 when granted, else the
+        seconds still to wait for the next free slot (nothing logged). Raises redis errors."""
         deadline = time.monotonic() + max_wait
         while True:
-            wait = await self.try_acquire(kind)
+            wait = await self.try_acquire(kind, token)
             if wait <= 0:
                 return 0.0
             left = deadline - time.monotonic()
@@ -87,9 +138,9 @@ class ProviderBudget:
             # Waiters that all wake at the slot's edge would stampede the script; a little jitter spreads them.
             await asyncio.sleep(min(left, wait + random.uniform(0, 0.05)))
 
-    async def acquire(self, kind: Kind, max_wait: float) -> bool:
-        """True once a token of ``kind`` is taken, False if none freed within ``max_wait`` seconds."""
-        return await self.acquire_or_wait(kind, max_wait) == 0.0
+    async def acquire(self, kind: Kind, max_wait: float, token: str | None = None) -> bool:
+        """True once a slot of ``kind`` is taken, False if none freed within ``max_wait`` seconds."""
+        return await self.acquire_or_wait(kind, max_wait, token) == 0.0
 
 
 def _padded(window: float) -> float:

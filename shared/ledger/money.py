@@ -3,6 +3,9 @@
 The semantics are two-phase transfers (TigerBeetle's pending → post | void) and card authorisation/capture:
 a hold freezes credits (``held`` grows, ``balance`` does not move); settling captures some or all of it
 (``balance`` falls) and releases the rest.
+
+Credits and transfers log one JSON line each (``money.credit``, ``money.transfer``) once committed; a repeat of
+an idempotent request logs the first entry's id again. Task holds are reported by :mod:`shared.ledger.observe`.
 """
 
 from __future__ import annotations
@@ -10,9 +13,12 @@ from __future__ import annotations
 from typing import Any
 
 import asyncpg
+import structlog
 
 from shared.ledger.accounts import Conn
 from shared.ledger.sqlerrors import mapped
+
+log = structlog.get_logger("creditq.ledger")
 
 CREDIT_KINDS = ("grant", "purchase", "subscription", "adjustment")
 
@@ -39,12 +45,20 @@ async def credit(
             "SELECT * FROM cq_credit($1, $2, $3, $4, $5, $6)", account_id, kind, amount, reason, key, event_id
         )
     assert r is not None
+    log.info(
+        "money.credit",
+        account_id=account_id,
+        money="credit",
+        kind=kind,
+        amount=amount,
+        entry_id=r["id"],
+        balance_after=r["balance_after"],
+        event_id=event_id,
+    )
     return r
 
 
-async def hold(
-    conn: Conn, account_id: str, hold_id: str, amount: int, task_id: str | None = None
-) -> asyncpg.Record:
+async def hold(conn: Conn, account_id: str, hold_id: str, amount: int, task_id: str | None = None) -> asyncpg.Record:
     """Freeze ``amount`` credits under ``hold_id``; returns the ``hold`` entry.
 
     Idempotent by ``hold_id``. Raises InsufficientCredits (available < amount), Forbidden (suspended account),
@@ -108,6 +122,9 @@ async def transfer(
             request_hash,
         )
     assert r is not None
+    log.info(
+        "money.transfer", account_id=from_id, to_account_id=to_id, money="transfer", amount=amount, transfer_id=r["id"]
+    )
     return r
 
 

@@ -1,7 +1,8 @@
 """The task store and the task transactions.
 
 Money moves only in :func:`submit` (task + hold) and :func:`finish` (terminal state + capture or release); each is
-one SQL function call. Everything else here moves a task's bookkeeping (provider id, next check) and no money.
+one SQL function call, reported once it committed by :mod:`shared.ledger.observe` (log lines, metrics). Everything
+else here moves a task's bookkeeping (provider id, next check) and no money.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import asyncpg
 
 from shared.errors import NotCancelable, NotFound
+from shared.ledger import observe
 from shared.ledger.accounts import Conn, decode_cursor, encode_cursor
 from shared.ledger.sqlerrors import mapped
 from shared.pricing import Model
@@ -67,6 +69,8 @@ async def submit(
             request_hash,
         )
     assert r is not None
+    if r["inserted"]:
+        observe.submitted(r)
     return Submitted(r, r["inserted"])
 
 
@@ -82,9 +86,7 @@ async def get(conn: Conn, task_id: str, account_id: str | None = None) -> asyncp
 
 async def get_by_idempotency_key(conn: Conn, account_id: str, key: str) -> asyncpg.Record | None:
     """The account's task submitted with ``key``, or None. One indexed lookup (the (account, key) unique index)."""
-    return await conn.fetchrow(
-        "SELECT * FROM tasks WHERE account_id = $1 AND idempotency_key = $2", account_id, key
-    )
+    return await conn.fetchrow("SELECT * FROM tasks WHERE account_id = $1 AND idempotency_key = $2", account_id, key)
 
 
 async def list_for_account(
@@ -143,6 +145,8 @@ async def finish(
             error_message,
         )
     assert r is not None
+    if r["changed"]:
+        observe.finished(r)
     return r, r["changed"]
 
 
@@ -150,10 +154,10 @@ async def cancel(conn: Conn, task_id: str, account_id: str) -> asyncpg.Record:
     """Cancel a task that is still queued and not being submitted; its hold is released. Idempotent for a task
     already canceled. Raises NotFound (unknown or another account's), NotCancelable."""
     async with mapped():
-        r = await conn.fetchrow(
-            "SELECT (c.task).*, c.changed FROM cq_cancel_task($1, $2) c", task_id, account_id
-        )
+        r = await conn.fetchrow("SELECT (c.task).*, c.changed FROM cq_cancel_task($1, $2) c", task_id, account_id)
     assert r is not None
+    if r["changed"]:
+        observe.finished(r)
     if r["changed"] or r["status"] == "canceled":
         return r
     state = "being submitted" if r["status"] == "queued" else r["status"]

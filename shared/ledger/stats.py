@@ -1,0 +1,128 @@
+"""Read-only figures for operators: the scrape-time gauges of ``/metrics`` and the operator's page ``/admin``.
+
+Nothing here writes. :func:`gauges` is what every Prometheus scrape runs, so it is one round trip whose parts use
+the partial indexes on live tasks (``tasks_live``), open holds (``holds_open``) and pending payment events
+(``payment_events_pending``); only the balance totals read the accounts table, which is one narrow row per
+account. The page's other queries (:func:`tasks_by_status`, :func:`recent_failures`) read more and are meant
+for a page that refreshes every few seconds, not for a scrape loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from shared.ledger.accounts import Conn
+
+_GAUGES = """
+SELECT
+    (SELECT count(*) FROM tasks WHERE status = 'queued') AS queued,
+    (SELECT count(*) FROM tasks WHERE status = 'running') AS running,
+    (SELECT count(*) FROM tasks WHERE status IN ('queued', 'running')
+                                  AND deadline_at < now() - make_interval(secs => $1)) AS stuck,
+    (SELECT count(*) FROM holds WHERE status = 'held') AS open_holds,
+    (SELECT coalesce(sum(amount), 0) FROM holds WHERE status = 'held') AS open_hold_credits,
+    (SELECT count(*) FROM payment_events WHERE status = 'pending') AS pending_events,
+    a.accounts, a.balance, a.held
+FROM (SELECT count(*) AS accounts, coalesce(sum(balance), 0) AS balance, coalesce(sum(held), 0) AS held
+        FROM accounts) a
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Gauges:
+    """The state of the ledger and the task store at one instant (one snapshot: one statement).
+
+    ``balance``/``held``: totals over all accounts (``available = balance - held``); ``open_hold_credits``:
+    the sum of open holds, equal to ``held`` while the books balance (the audit checks it per account).
+    ``stuck``: live tasks past their deadline plus the sweep interval, which the sweeper should have ended.
+    """
+
+    queued: int
+    running: int
+    stuck: int
+    open_holds: int
+    open_hold_credits: int
+    pending_events: int
+    accounts: int
+    balance: int
+    held: int
+
+    @property
+    def available(self) -> int:
+        """Credits that accounts may still spend: ``balance - held`` summed."""
+        return self.balance - self.held
+
+
+async def gauges(conn: Conn, sweep_seconds: float) -> Gauges:
+    """The scrape-time gauges, in one read-only statement. Raises what the connection raises."""
+    r = await conn.fetchrow(_GAUGES, sweep_seconds)
+    assert r is not None
+    return Gauges(**{k: int(r[k]) for k in Gauges.__slots__})
+
+
+async def tasks_by_status(conn: Conn) -> dict[str, int]:
+    """Every task status (``queued``, ``running``, ``succeeded``, ``failed``, ``canceled``) with its count, zeros
+    included. Reads the whole tasks table: for the operator's page, not for a scrape."""
+    rows = await conn.fetch("SELECT status, count(*) AS n FROM tasks GROUP BY status")
+    counts = dict.fromkeys(("queued", "running", "succeeded", "failed", "canceled"), 0)
+    counts.update({r["status"]: int(r["n"]) for r in rows})
+    return counts
+
+
+@dataclass(frozen=True, slots=True)
+class StuckTask:
+    """A live task past its deadline plus the sweep interval: the sweeper should have failed and refunded it."""
+
+    task_id: str
+    account_id: str
+    model: str
+    status: str
+    provider_task_id: str | None
+    deadline_at: datetime
+    overdue_seconds: float
+
+
+async def stuck_tasks(conn: Conn, sweep_seconds: float, limit: int = 20) -> list[StuckTask]:
+    """Up to ``limit`` stuck tasks, the most overdue first (the audit's ``stuck_task`` rule)."""
+    rows = await conn.fetch(
+        "SELECT id, account_id, model, status, provider_task_id, deadline_at, "
+        "extract(epoch FROM now() - deadline_at)::float8 AS overdue "
+        "FROM tasks WHERE status IN ('queued', 'running') AND deadline_at < now() - make_interval(secs => $1) "
+        "ORDER BY deadline_at LIMIT $2",
+        sweep_seconds,
+        limit,
+    )
+    return [
+        StuckTask(
+            task_id=r["id"],
+            account_id=r["account_id"],
+            model=r["model"],
+            status=r["status"],
+            provider_task_id=r["provider_task_id"],
+            deadline_at=r["deadline_at"],
+            overdue_seconds=float(r["overdue"]),
+        )
+        for r in rows
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class FailureReason:
+    """Failed tasks of one ``error_code`` in the window, and when the last one failed."""
+
+    reason: str
+    count: int
+    last_at: datetime
+
+
+async def recent_failures(conn: Conn, window_seconds: float, limit: int = 20) -> list[FailureReason]:
+    """Tasks failed in the last ``window_seconds``, grouped by their error code, the most frequent first."""
+    rows = await conn.fetch(
+        "SELECT coalesce(error_code, 'unknown') AS reason, count(*) AS n, max(finished_at) AS last_at "
+        "FROM tasks WHERE status = 'failed' AND finished_at > now() - make_interval(secs => $1) "
+        "GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT $2",
+        window_seconds,
+        limit,
+    )
+    return [FailureReason(r["reason"], int(r["n"]), r["last_at"]) for r in rows]

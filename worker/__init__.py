@@ -1,0 +1,6 @@
+"""The worker: arq processes that carry tasks from ``queued`` to a settled end, one short step at a time.
+
+``main`` runs a worker (``creditq worker``), ``settings`` is its arq configuration, ``jobs`` the step,
+``schedule`` when to look next, ``sweeper`` the periodic re-check of Postgres (and the credit poll that closes the
+out-of-credits circuit), ``recovery`` the repairs ``creditq audit --fix`` may run, ``runtime`` what a process holds.
+"""

@@ -1,0 +1,464 @@
+"""The step: one short look at one task, after which it is settled or re-scheduled (``arq.Retry``).
+
+Postgres is the truth: every step starts by reading the task, so a step run twice, late, or by two workers at once
+does no harm. Money moves only in ``ledger.tasks.finish`` (exactly once, guarded by the task's status).
+
+    queued   circuit open → look again later; else claim the create (the intent is recorded), take a create
+             token, create; success → running; refused → failed (refund); out of credits → open the circuit,
+             back to queued; transient → back to queued with backoff
+    running  take a query token, one status query: succeeded → captured; failed → refunded (never
+             resubmitted); pending → next check on the adaptive schedule (worker/schedule.py)
+    any      past the deadline → failed ``provider_timeout`` (refund)
+
+A crash between create and record. ``claim_submit`` stamps ``submit_started_at`` before the create call, and
+``mark_running`` clears it with the provider's task id after. A task found ``queued`` with that stamp may have a
+provider task nobody recorded (the worker died, the step timed out, Postgres was down, or the create got no
+answer), and creating it again could run and bill it twice. So it is never created again:
+
+1. If a provider task id was noted for it in Redis (the worker notes it right after the create answers; the API
+   notes the id a provider callback carries), it is checked with one status query whose ``param`` echoes our
+   request (the callback URL naming our task, or the same model and prompt); a match resumes the task as
+   ``running``.
+2. Otherwise, until ``KIE_TIMEOUT`` + the create-token wait + 5 s have passed since the stamp, the create may
+   still be in flight: look again then.
+3. After that, with callbacks (``CREDITQ_PUBLIC_URL`` set) the provider will call back when its task ends, and
+   the API's poke brings us to 1. We wait, checking every 30-60 s, and if nothing matches by the deadline the
+   task fails ``provider_timeout`` and is refunded. Without callbacks nobody can ever name the provider task, so
+   the task fails at once with ``submit_interrupted`` and is refunded.
+
+Either way the client is never charged for a result we cannot prove, and never billed twice; the price is that
+the provider may have run (and billed us for) a task we refunded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import random
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, NoReturn
+from urllib.parse import parse_qs, quote, urlsplit
+
+import asyncpg
+import structlog
+from arq import Retry
+from redis.exceptions import RedisError
+
+from shared import db, metrics
+from shared.errors import (
+    NotFound,
+    ProviderOutOfCredits,
+    ProviderPermanent,
+    ProviderTransient,
+    Unavailable,
+)
+from shared.ledger import tasks
+from shared.pricing import Model
+from shared.provider import CreateOutcomeUnknown, ProviderStatus, note_provider_task, noted_provider_task
+from shared.ratelimit import Kind
+from worker import schedule
+from worker.runtime import Runtime
+
+log = structlog.get_logger("creditq.worker")
+
+CREATE_TOKEN_WAIT = 2.0  # seconds a step may wait for a create token before re-scheduling itself
+QUERY_TOKEN_WAIT = 1.0
+CIRCUIT_COOLDOWN = 60.0  # an open circuit closes by itself after this, so that a create probes the provider
+CIRCUIT_RECHECK = (3.0, 6.0)  # a queued task looks at an open circuit again after this many seconds
+POKE_RECHECKS = 3  # a poke that finds the task still pending looks again this many times, 2-3 s apart
+NOTIFY_TIMEOUT = 5.0
+STEP_SLACK = 7.0  # a step's own time budget beyond KIE_TIMEOUT (token waits, a few statements)
+
+Log = Any  # a bound structlog logger
+_OUTAGES: tuple[type[BaseException], ...] = (Unavailable, RedisError, *db.CONNECTION_ERRORS)
+
+
+def step_budget(settings_timeout: float) -> float:
+    """Seconds a step may take in all; arq's job timeout is a little longer."""
+    return settings_timeout + STEP_SLACK
+
+
+def intent_stale_after(kie_timeout: float) -> float:
+    """Seconds after ``submit_started_at`` when a create call can no longer be in flight."""
+    return kie_timeout + CREATE_TOKEN_WAIT + schedule.INTENT_GRACE_SECONDS
+
+
+async def step(ctx: dict[str, Any], task_id: str, poked: bool = False) -> str:
+    """arq job ``step``: move task ``task_id`` on by one step (``poked``: a provider callback came, check now).
+
+    Idempotent and safe to run concurrently with itself: it re-reads the task, claims creates in Postgres, and
+    settles through ``ledger.tasks.finish`` (exactly once). Never raises except ``arq.Retry`` (look again later):
+    Postgres or Redis down, and unexpected errors, re-schedule the task with backoff instead of dropping it.
+    Returns the task's status for arq's log line.
+    """
+    rt: Runtime = ctx["rt"]
+    try:
+        async with asyncio.timeout(step_budget(rt.settings.kie_timeout)):
+            status = await _step(rt, task_id, poked, int(ctx.get("job_try") or 1))
+    except Retry:
+        rt.outage_streak = 0
+        raise
+    except _OUTAGES as e:
+        # An outage (or the step's time budget ran out): one terse line, look again once it may be over.
+        rt.outage_streak += 1
+        delay = schedule.backoff(rt.outage_streak, base=1.0, cap=30.0)
+        log.warning("step.unavailable", task_id=task_id, error=f"{type(e).__name__}: {e}", retry_in=round(delay, 1))
+        raise Retry(defer=delay) from None
+    except Exception:
+        rt.outage_streak += 1
+        delay = schedule.backoff(rt.outage_streak, base=2.0, cap=60.0)
+        log.exception("step.error", task_id=task_id, retry_in=round(delay, 1))
+        raise Retry(defer=delay) from None
+    rt.outage_streak = 0
+    return status
+
+
+async def _step(rt: Runtime, task_id: str, poked: bool, job_try: int) -> str:
+    try:
+        task = await tasks.get(rt.pool, task_id)
+    except NotFound:
+        log.warning("step.unknown_task", task_id=task_id)
+        return "unknown"
+    tlog = _bound(task)
+    if task["status"] in tasks.TERMINAL:
+        await _release_limits(rt, task)
+        return str(task["status"])
+    if _until(task["deadline_at"]) <= 0:
+        return await expire(rt, task, tlog)
+    model = rt.model(task)
+    if task["status"] == "queued":
+        return await _submit(rt, task, model, tlog)
+    return await _poll(rt, task, model, tlog, poked, job_try)
+
+
+# --- queued ---------------------------------------------------------------------------------------------------
+
+
+async def _submit(rt: Runtime, task: asyncpg.Record, model: Model, tlog: Log) -> str:
+    task_id = task["id"]
+    if task["submit_started_at"] is not None:
+        return await _interrupted(rt, task, model, tlog)
+    if await rt.circuit.is_open():
+        await _later(rt, task, random.uniform(*CIRCUIT_RECHECK), write=True)
+    claimed = await tasks.claim_submit(rt.pool, task_id)
+    if claimed is None:
+        # Another step holds the claim (or the task just left queued): the next look sees which.
+        _retry(task, 1.0)
+    token = rt.budget.new_token()
+    wait = await _take(rt, "create", CREATE_TOKEN_WAIT, token)
+    if wait > 0:
+        delay = schedule.bounded(wait + random.uniform(0, 1.0), _until(task["deadline_at"]))
+        await tasks.abandon_submit(rt.pool, task_id, _at(delay), attempted=False)
+        raise Retry(defer=delay)
+    try:
+        try:
+            provider_task_id = await rt.provider.create(model, dict(task["input"]), _callback_url(rt, task))
+        finally:
+            await _done(rt, "create", token)
+    except CreateOutcomeUnknown as e:
+        # Maybe created: keep the intent so that nobody creates it again (see the module docstring).
+        tlog.warning("task.create_unknown", error=e.message)
+        _retry(task, intent_stale_after(rt.settings.kie_timeout) + random.uniform(0.5, 1.5))
+    except ProviderPermanent as e:
+        return await settle(
+            rt, task, "failed", tlog, error_code=e.code, error_message=f"the provider refused the task: {e.message}"
+        )
+    except ProviderOutOfCredits as e:
+        delay = random.uniform(*CIRCUIT_RECHECK)
+        await tasks.abandon_submit(rt.pool, task_id, _at(delay))
+        if await rt.circuit.open("provider_out_of_credits", CIRCUIT_COOLDOWN):
+            metrics.CIRCUIT_OPENED.labels("provider_out_of_credits").inc()
+            tlog.warning("circuit.open", reason="provider_out_of_credits", error=e.message)
+        _retry(task, delay)
+    except ProviderTransient as e:
+        delay = max(e.retry_after or 0.0, schedule.backoff(int(claimed["submit_attempts"])))
+        delay = schedule.bounded(delay, _until(task["deadline_at"]))
+        await tasks.abandon_submit(rt.pool, task_id, _at(delay))
+        tlog.info("task.create_retry", error=e.message, retry_in=round(delay, 1))
+        raise Retry(defer=delay) from None
+    tlog = tlog.bind(provider_task_id=provider_task_id)
+    with contextlib.suppress(RedisError, OSError):
+        await note_provider_task(rt.redis, rt.settings, task_id, provider_task_id)
+    first = schedule.first_check(rt.settings.callbacks_enabled, model.typical_seconds)
+    if not await tasks.mark_running(rt.pool, task_id, provider_task_id, _at(first)):
+        # Only the deadline sweep can settle a task whose create is in flight: it was refunded already.
+        tlog.warning("task.created_after_end")
+        return "ended"
+    tlog.info("task.running", first_check_in=round(first, 1))
+    _retry(task, first)
+
+
+async def _interrupted(rt: Runtime, task: asyncpg.Record, model: Model, tlog: Log) -> str:
+    """A create was claimed and never recorded: find the provider task, wait, or fail (module docstring)."""
+    task_id = task["id"]
+    try:
+        noted = await noted_provider_task(rt.redis, rt.settings, task_id)
+    except (RedisError, OSError):
+        noted = None
+    if noted is not None:
+        try:
+            st: ProviderStatus | None = await _status(rt, task, model, noted, tlog, polled=False)
+        except ProviderPermanent:
+            st = None  # e.g. "Task not found": whatever was noted is not a task of ours
+        if st is not None and _is_ours(st, task, model):
+            if await tasks.mark_running(rt.pool, task_id, noted, _at(0)):
+                tlog.info("task.recovered", provider_task_id=noted)
+            task = await tasks.get(rt.pool, task_id)
+            if task["status"] == "running" and task["provider_task_id"] == noted:
+                return await _apply(rt, task, st, tlog.bind(provider_task_id=noted), poked=False, job_try=1)
+            return str(task["status"])
+        tlog.warning("task.hint_rejected", noted=noted)
+    age = (_now() - task["submit_started_at"]).total_seconds()
+    stale = intent_stale_after(rt.settings.kie_timeout)
+    if age < stale:
+        _retry(task, stale - age + random.uniform(0.5, 1.5))
+    if rt.settings.callbacks_enabled:
+        tlog.info("task.create_interrupted", waiting_for="callback")
+        await _later(rt, task, random.uniform(30.0, 60.0), write=True)
+    return await settle(
+        rt,
+        task,
+        "failed",
+        tlog,
+        error_code="submit_interrupted",
+        error_message="the task was interrupted while being sent to the provider; not charged",
+    )
+
+
+def _is_ours(st: ProviderStatus, task: asyncpg.Record, model: Model) -> bool:
+    """Does the provider's echo of the create request (``param``) show our task? No echo: the note came from
+    our own worker or from a callback that carried our task's secret token, so it is believed."""
+    param = st.param
+    if param is None:
+        return True
+    callback = param.get("callBackUrl")
+    if isinstance(callback, str) and callback:
+        return parse_qs(urlsplit(callback).query).get("task") == [task["id"]]
+    prompt = param.get("prompt") if model.family == "veo" else (param.get("input") or {}).get("prompt")
+    return bool(param.get("model") == model.model and prompt == task["input"].get("prompt"))
+
+
+def _callback_url(rt: Runtime, task: asyncpg.Record) -> str | None:
+    if not rt.settings.callbacks_enabled:
+        return None
+    return (
+        f"{rt.settings.public_url}/v1/webhooks/kie?task={quote(task['id'], safe='')}"
+        f"&token={quote(task['callback_token'], safe='')}"
+    )
+
+
+# --- running --------------------------------------------------------------------------------------------------
+
+
+async def _poll(rt: Runtime, task: asyncpg.Record, model: Model, tlog: Log, poked: bool, job_try: int) -> str:
+    if not poked:
+        # The schedule lives in Postgres: a duplicate or early run (sweeper, restart) waits for its time.
+        due = _until(task["next_check_at"])
+        if due > 1.0:
+            _retry(task, due)
+    try:
+        st = await _status(rt, task, model, task["provider_task_id"], tlog, polled=True)
+    except ProviderPermanent as e:
+        return await settle(
+            rt,
+            task,
+            "failed",
+            tlog,
+            error_code="provider_failed",
+            error_message=f"the provider refused the status query: {e.message}",
+        )
+    return await _apply(rt, task, st, tlog, poked, job_try)
+
+
+async def _status(
+    rt: Runtime, task: asyncpg.Record, model: Model, provider_task_id: str, tlog: Log, polled: bool
+) -> ProviderStatus:
+    """One status query under the shared budget (``polled``: counted in the task's polls). Re-schedules (raises
+    Retry) on a token wait or a transient error; raises ProviderPermanent when the provider refuses it."""
+    token = rt.budget.new_token()
+    wait = await _take(rt, "query", QUERY_TOKEN_WAIT, token)
+    if wait > 0:
+        _retry(task, wait + random.uniform(0, 0.5))
+    try:
+        try:
+            return await rt.provider.status(model, provider_task_id)
+        finally:
+            await _done(rt, "query", token)
+    except (ProviderTransient, ProviderOutOfCredits) as e:
+        delay = max(e.retry_after or 0.0, random.uniform(2.0, 4.0))
+        if polled:
+            await tasks.schedule(rt.pool, task["id"], _at(delay), polled=True)
+        tlog.info("task.status_retry", error=e.message, retry_in=round(delay, 1))
+        _retry(task, delay)
+
+
+async def _apply(rt: Runtime, task: asyncpg.Record, st: ProviderStatus, tlog: Log, poked: bool, job_try: int) -> str:
+    if st.state == "succeeded":
+        if not st.urls:
+            return await settle(
+                rt,
+                task,
+                "failed",
+                tlog,
+                error_code="provider_failed",
+                error_message="the provider reported success without any result file",
+            )
+        return await settle(rt, task, "succeeded", tlog, result={"urls": list(st.urls)})
+    if st.state == "failed":
+        why = st.fail_message or "no reason given"
+        return await settle(
+            rt,
+            task,
+            "failed",
+            tlog,
+            error_code="provider_failed",
+            error_message=f"the provider failed the task (failCode {st.fail_code or '?'}): {why}",
+        )
+    age = (_now() - task["created_at"]).total_seconds()
+    if poked:
+        # The callback said "done" but the record is not there yet: look again soon, a few times; the task's
+        # own job keeps its schedule meanwhile.
+        await tasks.schedule(rt.pool, task["id"], task["next_check_at"], polled=True)
+        if job_try <= POKE_RECHECKS:
+            _retry(task, random.uniform(2.0, 3.0))
+        return "running"
+    delay = schedule.bounded(schedule.next_check(age, rt.settings.callbacks_enabled), _until(task["deadline_at"]))
+    await tasks.schedule(rt.pool, task["id"], _at(delay), polled=True)
+    raise Retry(defer=delay)
+
+
+# --- endings --------------------------------------------------------------------------------------------------
+
+
+async def expire(rt: Runtime, task: asyncpg.Record, tlog: Log | None = None) -> str:
+    """The deadline path: fail a live task past its deadline with ``provider_timeout`` and release its hold.
+    Idempotent (exactly-once settlement). Raises Unavailable, NotFound."""
+    what = "started" if task["status"] == "queued" else "finished"
+    return await settle(
+        rt,
+        task,
+        "failed",
+        tlog or _bound(task),
+        error_code="provider_timeout",
+        error_message=f"the provider had not {what} the task by its deadline",
+    )
+
+
+async def settle(
+    rt: Runtime,
+    task: asyncpg.Record,
+    status: str,
+    tlog: Log,
+    *,
+    result: dict[str, Any] | None = None,
+    error_code: str | None = None,
+    error_message: str | None = None,
+) -> str:
+    """End the task (``ledger.tasks.finish``: terminal state and capture/release, one transaction, exactly
+    once), then, if this call ended it, free its tier slot and notify the client (best effort, after the
+    commit). Returns the task's status as it now is. Raises Unavailable."""
+    row, changed = await tasks.finish(
+        rt.pool, task["id"], status, result=result, error_code=error_code, error_message=error_message
+    )
+    if changed:
+        # The money lines and counters come from shared.ledger.observe, in finish itself.
+        tlog.info(f"task.{status}", error_code=error_code, charged=row["charged"])
+        await _release_limits(rt, row)
+        await _notify(rt, row, tlog)
+    return str(row["status"])
+
+
+async def _release_limits(rt: Runtime, task: asyncpg.Record) -> None:
+    # shared.limits is another module's (tier limits); it may not exist in this build. Its release is keyed by
+    # task, so calling it again for an ended task is harmless, and that is what frees a slot whose first
+    # release was lost to a crash.
+    release = _limits_release()
+    if release is None:
+        return
+    try:
+        await release(rt.redis, rt.settings, task["account_id"], task["id"])
+    except Exception as e:  # a tier slot must never hold up a settlement that already happened
+        log.warning("limits.release_failed", task_id=task["id"], error=f"{type(e).__name__}: {e}")
+
+
+def _limits_release() -> Callable[..., Awaitable[None]] | None:
+    try:
+        module = importlib.import_module("shared.limits")
+    except ImportError:
+        return None
+    release = getattr(module, "release", None)
+    return release if callable(release) else None
+
+
+async def _notify(rt: Runtime, task: asyncpg.Record, tlog: Log) -> None:
+    """One POST of the task view to the client's ``callback_url`` (checked by the API at submit); no retries."""
+    url = task["callback_url"]
+    if not url:
+        return
+    try:
+        async with asyncio.timeout(NOTIFY_TIMEOUT):
+            resp = await rt.http.post(
+                url, json=tasks.task_view(task), timeout=NOTIFY_TIMEOUT, headers={"User-Agent": "creditq-webhook/1"}
+            )
+        tlog.info("task.notified", http=resp.status_code)
+    except Exception as e:  # best effort by contract
+        tlog.info("task.notify_failed", error=type(e).__name__)
+
+
+# --- helpers --------------------------------------------------------------------------------------------------
+
+
+async def _take(rt: Runtime, kind: Kind, max_wait: float, token: str) -> float:
+    """A budget slot for one call (0.0), or the seconds to wait for one; counted for /metrics."""
+    started = time.monotonic()
+    wait = await rt.budget.acquire_or_wait(kind, max_wait, token)
+    waited = time.monotonic() - started
+    if wait > 0:
+        metrics.BUDGET_WAITS.labels(kind).inc()
+        metrics.BUDGET_DEFERRED.labels(kind).inc()
+    elif waited > 0.02:  # more than a round trip or two: it had to wait
+        metrics.BUDGET_WAITS.labels(kind).inc()
+        metrics.BUDGET_WAIT_SECONDS.labels(kind).observe(waited)
+    return wait
+
+
+async def _done(rt: Runtime, kind: Kind, token: str) -> None:
+    # Best effort: an entry left "in flight" frees its slot by itself after KIE_TIMEOUT.
+    with contextlib.suppress(RedisError, OSError):
+        await rt.budget.done(kind, token)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _at(delay: float) -> datetime:
+    return _now() + timedelta(seconds=delay)
+
+
+def _until(when: datetime) -> float:
+    return (when - _now()).total_seconds()
+
+
+def _retry(task: asyncpg.Record, delay: float) -> NoReturn:
+    raise Retry(defer=schedule.bounded(delay, _until(task["deadline_at"])))
+
+
+async def _later(rt: Runtime, task: asyncpg.Record, delay: float, write: bool) -> NoReturn:
+    delay = schedule.bounded(delay, _until(task["deadline_at"]))
+    if write:
+        # Keep next_check_at honest so the sweeper does not count a waiting task as lost.
+        await tasks.schedule(rt.pool, task["id"], _at(delay))
+    raise Retry(defer=delay)
+
+
+def _bound(task: asyncpg.Record) -> Log:
+    return log.bind(
+        task_id=task["id"],
+        account_id=task["account_id"],
+        model=task["model"],
+        provider_task_id=task["provider_task_id"],
+    )

@@ -1,0 +1,58 @@
+"""Repairs for ``creditq audit --fix``: each runs the path the worker would have run, never a balance write.
+
+- ``stuck_task`` (a live task past its deadline plus the sweep interval): the deadline path, ``finish`` failed
+  with ``provider_timeout``, which releases the hold in the same transaction.
+- ``open_hold_on_terminal_task``: settle the hold through ``ledger.money`` as the task's end says: capture if the
+  task succeeded, release otherwise. Both are guarded by the hold's status (a second settle is a no-op).
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+from shared.config import Settings
+from shared.errors import NotFound
+from shared.ledger import money, tasks
+from shared.ledger.audit import Fixer, Problem
+
+
+def fixers(settings: Settings) -> dict[str, Fixer]:
+    """The audit's repairs by problem kind. Each is idempotent and returns a line saying what it did, or None
+    when there is nothing (left) to do. Raises Unavailable."""
+
+    async def stuck_task(pool: asyncpg.Pool, p: Problem) -> str | None:
+        if p.taskId is None:
+            return None
+        try:
+            task = await tasks.get(pool, p.taskId)
+        except NotFound:
+            return None
+        if task["status"] not in tasks.LIVE:
+            return None
+        _, changed = await tasks.finish(
+            pool,
+            p.taskId,
+            "failed",
+            error_code="provider_timeout",
+            error_message="the provider had not finished the task by its deadline",
+        )
+        return f"task {p.taskId}: failed provider_timeout, hold released" if changed else None
+
+    async def open_hold_on_terminal_task(pool: asyncpg.Pool, p: Problem) -> str | None:
+        if p.taskId is None:
+            return None
+        try:
+            task = await tasks.get(pool, p.taskId)
+        except NotFound:
+            return None
+        if task["status"] in tasks.LIVE:
+            return None
+        # A task's hold has the task's id (cq_submit_task).
+        if task["status"] == "succeeded":
+            hold = await money.capture(pool, p.taskId, int(task["cost"]))
+        else:
+            hold = await money.release(pool, p.taskId)
+        return f"task {p.taskId} ({task['status']}): hold {hold['status']}"
+
+    _ = settings  # the repairs need nothing from the settings today; the signature lets them grow
+    return {"stuck_task": stuck_task, "open_hold_on_terminal_task": open_hold_on_terminal_task}

@@ -1,0 +1,86 @@
+"""What a worker process holds for its steps: the Postgres pool, the arq Redis, the one HTTP client, the provider
+client, the provider budget and circuit, and the price list. Built in arq's ``on_startup`` and kept in ``ctx``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import httpx
+from arq.connections import ArqRedis
+
+from shared import db, pricing
+from shared.config import Settings
+from shared.provider import ProviderClient, new_http_client
+from shared.ratelimit import Circuit, ProviderBudget
+
+
+@dataclass(eq=False)
+class Runtime:
+    """One worker process's connections and clients (``ctx["rt"]``). Not thread-safe; one event loop."""
+
+    settings: Settings
+    pool: asyncpg.Pool
+    redis: ArqRedis
+    http: httpx.AsyncClient
+    provider: ProviderClient
+    budget: ProviderBudget
+    circuit: Circuit
+    prices: pricing.Pricing
+    owns_pool: bool = True
+    # Consecutive steps that found Postgres or Redis down in this process: the backoff of the next retry.
+    outage_streak: int = 0
+    background: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    def model(self, task: asyncpg.Record) -> pricing.Model:
+        """The task's model from the price list; a model since removed from it is rebuilt from the task row
+        (its deadline is already in ``deadline_at``)."""
+        m = self.prices.model(task["model"])
+        if m is not None and m.family == task["family"]:
+            return m
+        return pricing.Model(
+            model=task["model"],
+            kind=task["kind"],
+            family=task["family"],
+            cost=task["cost"],
+            deadline_seconds=1.0,
+            typical_seconds=10.0,
+        )
+
+
+async def open_runtime(settings: Settings, redis: ArqRedis, pool: asyncpg.Pool | None = None) -> Runtime:
+    """Build the runtime. Opens a pool unless given one (then the caller closes it). Raises Unavailable
+    (Postgres), ConfigError (price list)."""
+    prices = pricing.load(settings.pricing_path)
+    owns = pool is None
+    if pool is None:
+        pool = await db.create_pool(settings)
+    http = new_http_client(settings)
+    return Runtime(
+        settings=settings,
+        pool=pool,
+        redis=redis,
+        http=http,
+        provider=ProviderClient(settings, http),
+        budget=ProviderBudget(redis, settings),
+        circuit=Circuit(redis, settings),
+        prices=prices,
+        owns_pool=owns,
+    )
+
+
+async def close_runtime(rt: Runtime) -> None:
+    """Stop the background loops, close the HTTP client and (if owned) the pool. Idempotent."""
+    for t in rt.background:
+        t.cancel()
+    for t in rt.background:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await t
+    rt.background.clear()
+    await rt.http.aclose()
+    if rt.owns_pool:
+        await rt.pool.close()

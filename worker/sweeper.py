@@ -1,0 +1,98 @@
+"""Background loops of every worker process: the sweeper and the credit poll.
+
+The sweeper is what makes Redis only a hint. Every ``CREDITQ_SWEEP_SECONDS`` one worker (whoever takes the lock
+``{queue}:sweeper``, ``SET NX PX``) reads Postgres for live tasks whose next check is overdue by more than the
+interval, re-enqueues them (a no-op for a task whose job still exists) and settles those past their deadline. A
+loop in ``on_startup`` rather than an arq cron job, because arq's cron fires only on wall-clock seconds, which
+cannot express an arbitrary interval.
+
+The credit poll closes the out-of-credits circuit: while it is open, one worker at a time asks the provider for
+its balance every few seconds and closes the circuit as soon as there is some.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+
+import structlog
+
+from shared import metrics, queue
+from shared.ledger import tasks
+from worker import jobs, observe
+from worker.runtime import Runtime
+
+log = structlog.get_logger("creditq.worker")
+
+CREDIT_POLL_SECONDS = 3.0
+
+
+def sweeper_key(queue_name: str) -> str:
+    """The Redis lock that lets one worker sweep per interval."""
+    return f"{queue_name}:sweeper"
+
+
+async def sweep(rt: Runtime) -> tuple[int, int]:
+    """One sweep: re-enqueue overdue live tasks and settle expired ones. Returns (requeued, expired).
+
+    Idempotent (enqueue is a no-op for an existing job; settlement is exactly once). Raises Unavailable or
+    redis errors; the loop logs them and tries again next interval.
+    """
+    requeued = expired = 0
+    for row in await tasks.overdue(rt.pool, rt.settings.sweep_seconds):
+        if row["expired"]:
+            task = await tasks.get(rt.pool, row["id"])
+            if task["status"] in tasks.LIVE and await jobs.expire(rt, task) == "failed":
+                expired += 1
+        elif await queue.enqueue(rt.redis, rt.settings, row["id"]):
+            requeued += 1
+    if requeued or expired:
+        metrics.SWEEPER_RECOVERIES.labels("requeued").inc(requeued)
+        metrics.SWEEPER_RECOVERIES.labels("expired").inc(expired)
+        log.info("sweep", requeued=requeued, expired=expired)
+    return requeued, expired
+
+
+async def sweeper_loop(rt: Runtime) -> None:
+    """Run :func:`sweep` about every ``CREDITQ_SWEEP_SECONDS`` across all workers, until cancelled."""
+    interval = rt.settings.sweep_seconds
+    tick = min(1.0, interval / 4)
+    # The lock lives a little less than the interval, so the next sweep comes within a tick of its time.
+    ttl_ms = max(int((interval - tick) * 1000), 1)
+    me = f"{os.getpid()}:{random.getrandbits(32):08x}"
+    while True:
+        try:
+            if await rt.redis.set(sweeper_key(rt.settings.queue_name), me, nx=True, px=ttl_ms):
+                await sweep(rt)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # an outage must not kill the loop: the next tick tries again
+            log.warning("sweep.failed", error=f"{type(e).__name__}: {e}")
+        await asyncio.sleep(tick)
+
+
+async def credit_poll_loop(rt: Runtime) -> None:
+    """While the out-of-credits circuit is open, one worker at a time polls the provider's balance every few
+    seconds and closes the circuit once there are credits. Runs until cancelled. (The balance shown on
+    /metrics is polled, circuit or not, by :func:`worker.observe.provider_credit_loop`.)"""
+    key = f"{rt.settings.queue_name}:creditpoll"
+    while True:
+        await asyncio.sleep(CREDIT_POLL_SECONDS * random.uniform(0.8, 1.2))
+        try:
+            if not await rt.circuit.is_open():
+                continue
+            if not await rt.redis.set(key, "1", nx=True, px=int(CREDIT_POLL_SECONDS * 900)):
+                continue
+            credits = await observe.poll_credit_balance(rt)
+            if credits is None:
+                continue
+            if credits > 0:
+                if await rt.circuit.close():
+                    log.info("circuit.closed", provider_credits=credits)
+            else:
+                await rt.circuit.open("provider_out_of_credits", jobs.CIRCUIT_COOLDOWN)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # Redis down: the next tick tries again
+            log.warning("credit_poll.failed", error=f"{type(e).__name__}: {e}")
