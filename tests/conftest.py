@@ -54,32 +54,46 @@ def run_id() -> str:
     return uuid.uuid4().hex[:10]
 
 
+async def _admin(sql: str) -> None:
+    conn = await asyncpg.connect(PG_ADMIN)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
 @pytest.fixture(scope="session")
-def database_url(run_id: str) -> Iterator[str]:
-    """A fresh database for this session, migrated; dropped at the end."""
+def template_database(run_id: str) -> Iterator[str]:
+    """A database migrated once per session; each test module gets a copy of it."""
     name = f"creditq_test_{run_id}"
     url = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
-    settings = Settings.from_env({"DATABASE_URL": url}, dotenv=False)
-    asyncio.run(migrate(settings))
-    yield url
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(PG_ADMIN)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-    asyncio.run(drop())
+    asyncio.run(migrate(Settings.from_env({"DATABASE_URL": url}, dotenv=False)))
+    yield name
+    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-@pytest.fixture(scope="session")
-def base_env(database_url: str, run_id: str) -> dict[str, str]:
-    """The environment of every creditq process this session starts (and of `settings`)."""
+@pytest.fixture(scope="module")
+def module_id(run_id: str, request: pytest.FixtureRequest) -> str:
+    return f"{run_id}_{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture(scope="module")
+def database_url(template_database: str, module_id: str) -> Iterator[str]:
+    """A fresh, migrated database of this test module's own (a copy of the session's template), dropped at its
+    end. Modules never see each other's tasks: a worker started by one cannot pick up another's queued work."""
+    name = f"creditq_test_{module_id}"
+    asyncio.run(_admin(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"'))
+    yield PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="module")
+def base_env(database_url: str, module_id: str) -> dict[str, str]:
+    """The environment of every creditq process this module starts (and of `settings`)."""
     return {
         "DATABASE_URL": database_url,
         "REDIS_URL": f"{REDIS_BASE}/{REDIS_DB}",
-        "CREDITQ_QUEUE": f"cqtest:{run_id}",
+        "CREDITQ_QUEUE": f"cqtest:{module_id}",
         "CREDITQ_ADMIN_TOKEN": "admin-secret",
         "PAYMENTS_WEBHOOK_SECRET": "whsec_test",
         "CREDITQ_SWEEP_SECONDS": "2",
@@ -90,12 +104,12 @@ def base_env(database_url: str, run_id: str) -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def settings(base_env: dict[str, str]) -> Settings:
     return Settings.from_env(base_env, dotenv=False)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     from shared import db
 
@@ -104,7 +118,7 @@ async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     await p.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 async def redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
     r = aioredis.Redis.from_url(settings.redis_url)
     yield r

@@ -75,12 +75,12 @@ async def serve(settings: Settings, app: Starlette | None = None) -> AsyncIterat
         await task
 
 
-@pytest.fixture(name="api_settings", scope="session")
+@pytest.fixture(name="api_settings", scope="module")
 def api_settings_fixture(settings: Settings) -> Settings:
     return dataclasses.replace(settings, queue_name=f"{settings.queue_name}:api")
 
 
-@pytest.fixture(name="api", scope="session")
+@pytest.fixture(name="api", scope="module")
 async def api_fixture(api_settings: Settings) -> AsyncIterator[Api]:
     async with serve(api_settings) as served:
         # Connected before the first test, so that no test measures the first connect.

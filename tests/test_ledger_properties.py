@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
@@ -17,11 +16,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from shared.config import Settings
 from shared.errors import IdempotencyConflict, InsufficientCredits
 from shared.ledger import accounts, audit, money
-from shared.migrate import migrate
-from tests.conftest import PG_ADMIN
 
 ACCOUNTS = 3
 amounts = st.integers(min_value=1, max_value=40)
@@ -123,9 +119,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.holds[hold_id] = (a, amount, "captured" if take else "released", take)
         assert (row["status"], row["captured"]) == self.holds[hold_id][2:]
 
-    @rule(
-        i=st.integers(0, ACCOUNTS - 1), j=st.integers(0, ACCOUNTS - 1), amount=amounts, key=st.none() | keys
-    )
+    @rule(i=st.integers(0, ACCOUNTS - 1), j=st.integers(0, ACCOUNTS - 1), amount=amounts, key=st.none() | keys)
     def transfer(self, i: int, j: int, amount: int, key: str | None) -> None:
         if i == j:
             return
@@ -152,9 +146,7 @@ class LedgerMachine(RuleBasedStateMachine):
     def database_matches_model(self) -> None:
         if not self.ids:
             return
-        rows = self.run(
-            self.conn.fetch("SELECT id, balance, held FROM accounts WHERE id = ANY($1)", self.ids)
-        )
+        rows = self.run(self.conn.fetch("SELECT id, balance, held FROM accounts WHERE id = ANY($1)", self.ids))
         for r in rows:
             assert (r["balance"], r["held"]) == (self.balance[r["id"]], self.held[r["id"]])
             assert 0 <= r["held"] <= r["balance"]
@@ -167,26 +159,10 @@ class LedgerMachine(RuleBasedStateMachine):
         assert problems == []
 
 
-@pytest.fixture(scope="module")
-def own_database(database_url: str) -> Iterator[str]:
-    """A database of its own, so that the audit after every step reads only this machine's rows."""
-    url = database_url + "_prop"
-    asyncio.run(migrate(Settings.from_env({"DATABASE_URL": url}, dotenv=False)))
-    yield url
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(PG_ADMIN)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-    asyncio.run(drop())
-
-
 @pytest.mark.slow
-def test_ledger_state_machine(own_database: str) -> None:
-    LedgerMachine.db_url = own_database
+def test_ledger_state_machine(database_url: str) -> None:
+    """The module's own database, so that the audit after every step reads only this machine's rows."""
+    LedgerMachine.db_url = database_url
     LedgerMachine.TestCase.settings = settings_profile
     LedgerMachine.TestCase().runTest()
 
