@@ -31,9 +31,7 @@ class TestCredit:
         assert first["id"] == again["id"]
         assert await balance(pool, account.id) == (25, 0)
 
-    async def test_same_key_other_amount_conflicts(
-        self, pool: asyncpg.Pool, make_account: MakeAccount
-    ) -> None:
+    async def test_same_key_other_amount_conflicts(self, pool: asyncpg.Pool, make_account: MakeAccount) -> None:
         account, _ = await make_account()
         await money.credit(pool, account.id, 5, None, "k")
         with pytest.raises(IdempotencyConflict):
@@ -67,9 +65,7 @@ class TestCredit:
 
 
 class TestHoldAndSettle:
-    async def test_capture_partial_releases_the_rest(
-        self, pool: asyncpg.Pool, make_account: MakeAccount
-    ) -> None:
+    async def test_capture_partial_releases_the_rest(self, pool: asyncpg.Pool, make_account: MakeAccount) -> None:
         account, _ = await make_account(credits=20)
         await money.hold(pool, account.id, "hp-" + account.id, 10)
         assert await balance(pool, account.id) == (20, 10)
@@ -89,9 +85,7 @@ class TestHoldAndSettle:
         assert await balance(pool, account.id) == (3, 0)
         assert await pool.fetchval("SELECT count(*) FROM holds WHERE account_id = $1", account.id) == 0
 
-    async def test_capture_outside_hold_is_refused(
-        self, pool: asyncpg.Pool, make_account: MakeAccount
-    ) -> None:
+    async def test_capture_outside_hold_is_refused(self, pool: asyncpg.Pool, make_account: MakeAccount) -> None:
         account, _ = await make_account(credits=5)
         await money.hold(pool, account.id, "x-" + account.id, 5)
         with pytest.raises(InvalidInput):
@@ -117,9 +111,7 @@ class TestHoldAndSettle:
 
 
 class TestTransfer:
-    async def test_transfer_moves_and_is_idempotent(
-        self, pool: asyncpg.Pool, make_account: MakeAccount
-    ) -> None:
+    async def test_transfer_moves_and_is_idempotent(self, pool: asyncpg.Pool, make_account: MakeAccount) -> None:
         a, _ = await make_account(credits=10)
         b, _ = await make_account()
         t1 = await money.transfer(pool, a.id, b.id, 4, "gift", "t-1", "h")
@@ -142,9 +134,7 @@ class TestTransfer:
         with pytest.raises(NotFound):
             await money.transfer(pool, "acct_missing", a.id, 1, None, None)
 
-    async def test_opposite_transfers_do_not_deadlock(
-        self, pool: asyncpg.Pool, make_account: MakeAccount
-    ) -> None:
+    async def test_opposite_transfers_do_not_deadlock(self, pool: asyncpg.Pool, make_account: MakeAccount) -> None:
         a, _ = await make_account(credits=1000)
         b, _ = await make_account(credits=1000)
 
@@ -161,9 +151,7 @@ class TestTransfer:
 
 
 class TestAudit:
-    async def test_finds_a_balance_corrupted_by_hand(
-        self, pool: asyncpg.Pool, make_account: MakeAccount
-    ) -> None:
+    async def test_finds_a_balance_corrupted_by_hand(self, pool: asyncpg.Pool, make_account: MakeAccount) -> None:
         account, _ = await make_account(credits=10)
         await pool.execute("UPDATE accounts SET balance = balance + 5 WHERE id = $1", account.id)
         try:
@@ -174,9 +162,7 @@ class TestAudit:
             await pool.execute("UPDATE accounts SET balance = balance - 5 WHERE id = $1", account.id)
         assert await problems_for(pool, account.id) == []
 
-    async def test_finds_held_that_no_hold_explains(
-        self, pool: asyncpg.Pool, make_account: MakeAccount
-    ) -> None:
+    async def test_finds_held_that_no_hold_explains(self, pool: asyncpg.Pool, make_account: MakeAccount) -> None:
         account, _ = await make_account(credits=10)
         await pool.execute("UPDATE accounts SET held = 3 WHERE id = $1", account.id)
         try:
@@ -191,9 +177,7 @@ class TestAudit:
         with pytest.raises(asyncpg.PostgresError, match="append-only"):
             await pool.execute("DELETE FROM ledger_entries WHERE account_id = $1", account.id)
 
-    async def test_schema_forbids_held_above_balance(
-        self, pool: asyncpg.Pool, make_account: MakeAccount
-    ) -> None:
+    async def test_schema_forbids_held_above_balance(self, pool: asyncpg.Pool, make_account: MakeAccount) -> None:
         account, _ = await make_account(credits=10)
         with pytest.raises(asyncpg.CheckViolationError):
             await pool.execute("UPDATE accounts SET held = 11 WHERE id = $1", account.id)
