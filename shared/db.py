@@ -52,9 +52,7 @@ async def create_pool(settings: Settings, min_size: int = 1, max_size: int | Non
             max_inactive_connection_lifetime=60,
         )
     except CONNECTION_ERRORS as e:
-        raise Unavailable(
-            f"Postgres is unreachable at DATABASE_URL ({redact_url(settings.database_url)}): {e}"
-        ) from e
+        raise Unavailable(f"Postgres is unreachable at DATABASE_URL ({redact_url(settings.database_url)}): {e}") from e
     except asyncpg.exceptions.InvalidCatalogNameError as e:
         raise Unavailable(
             f"DATABASE_URL names a database that does not exist ({redact_url(settings.database_url)}): "

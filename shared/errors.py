@@ -135,9 +135,7 @@ class ProviderError(CreditqError):
     status = 502
     code = "provider_error"
 
-    def __init__(
-        self, message: str, provider_code: int | None = None, retry_after: float | None = None
-    ) -> None:
+    def __init__(self, message: str, provider_code: int | None = None, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.provider_code = provider_code
         self.retry_after = retry_after

@@ -57,9 +57,7 @@ async def ensure_database(settings: Settings) -> bool:
     except asyncpg.exceptions.InvalidCatalogNameError:
         pass
     except CONNECTION_ERRORS as e:
-        raise Unavailable(
-            f"Postgres is unreachable at DATABASE_URL ({redact_url(settings.database_url)}): {e}"
-        ) from e
+        raise Unavailable(f"Postgres is unreachable at DATABASE_URL ({redact_url(settings.database_url)}): {e}") from e
     else:
         await conn.close()
         return False

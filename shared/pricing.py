@@ -71,12 +71,7 @@ def load(path: Path) -> Pricing:
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ConfigError(f"CREDITQ_PRICING: models[{i}] is missing or has a bad {e}") from None
-        if (
-            model.kind not in KINDS
-            or model.family not in FAMILIES
-            or model.cost <= 0
-            or model.deadline_seconds <= 0
-        ):
+        if model.kind not in KINDS or model.family not in FAMILIES or model.cost <= 0 or model.deadline_seconds <= 0:
             raise ConfigError(
                 f"CREDITQ_PRICING: models[{i}] ({model.model}) needs kind in {KINDS}, family in {FAMILIES}, "
                 "positive cost and deadline_seconds"

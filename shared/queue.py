@@ -53,7 +53,5 @@ async def enqueue(arq: ArqRedis, settings: Settings, task_id: str, defer_by: flo
 
 async def poke(arq: ArqRedis, settings: Settings, task_id: str) -> bool:
     """Ask a worker to check the task now (a provider callback arrived). Idempotent while one poke is queued."""
-    job = await arq.enqueue_job(
-        STEP_FUNCTION, task_id, True, _job_id=poke_id(task_id), _queue_name=settings.queue_name
-    )
+    job = await arq.enqueue_job(STEP_FUNCTION, task_id, True, _job_id=poke_id(task_id), _queue_name=settings.queue_name)
     return job is not None

@@ -46,9 +46,7 @@ class Account:
 
     @classmethod
     def from_record(cls, r: asyncpg.Record) -> Account:
-        return cls(
-            r["id"], r["external_id"], r["tier"], r["status"], r["balance"], r["held"], r["created_at"]
-        )
+        return cls(r["id"], r["external_id"], r["tier"], r["status"], r["balance"], r["held"], r["created_at"])
 
 
 @dataclass(frozen=True, slots=True)
