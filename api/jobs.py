@@ -114,9 +114,8 @@ async def submit_job(request: Request) -> JSONResponse:
         raise
 
     try:
-        submitted = await tasks.submit(
-            await svc.db(), account_id, model, job_input, callback_url, key, digest, task_id=task_id
-        )
+        wanted = tasks.SubmitRequest(model, job_input, callback_url, key, digest, task_id)
+        submitted = await svc.submits.submit(await svc.db(), account_id, wanted)
     except BaseException:
         await _undo(svc, account_id, model.kind, task_id)
         raise

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from shared import db, queue
 from shared.config import Settings
 from shared.errors import Unavailable
+from shared.ledger import tasks
 from shared.pricing import Pricing
 
 T = TypeVar("T")
@@ -106,6 +107,8 @@ class Services:
         self.settings = settings
         self.pricing = pricing
         self.postgres: Lazy[asyncpg.Pool] = Lazy("postgres", lambda: db.create_pool(settings), _close_pool)
+        #: Group commit of submits per account (see shared.ledger.tasks.SubmitBatcher).
+        self.submits = tasks.SubmitBatcher()
         self.redis: Lazy[ArqRedis] = Lazy("redis", lambda: queue.connect(settings), _close_redis)
         self._warmer: asyncio.Task[None] | None = None
 

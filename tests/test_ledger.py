@@ -9,7 +9,8 @@ import asyncpg
 import pytest
 
 from shared.errors import IdempotencyConflict, InsufficientCredits, InvalidInput, NotFound
-from shared.ledger import audit, money
+from shared.ledger import audit, money, tasks
+from shared.pricing import Model
 from tests.conftest import MakeAccount
 
 
@@ -181,3 +182,60 @@ class TestAudit:
         account, _ = await make_account(credits=10)
         with pytest.raises(asyncpg.CheckViolationError):
             await pool.execute("UPDATE accounts SET held = 11 WHERE id = $1", account.id)
+
+
+class TestGroupCommit:
+    """Submits of one account coalesced into one statement and one commit, exactly as if one by one."""
+
+    @staticmethod
+    def _model(cost: int) -> Model:
+        return Model("bench/model", "image", "jobs", cost, 300, 5)
+
+    async def test_batch_admits_in_order_while_credit_lasts(
+        self, pool: asyncpg.Pool, make_account: MakeAccount
+    ) -> None:
+        account, _ = await make_account(credits=10)
+        reqs = [tasks.SubmitRequest(self._model(c), {"prompt": "p"}, None, None, None) for c in (6, 6, 4)]
+        results = await tasks.submit_batch(pool, account.id, reqs)
+        assert isinstance(results[0], tasks.Submitted) and results[0].inserted
+        assert isinstance(results[1], InsufficientCredits)
+        assert (results[1].required, results[1].available) == (6, 4)
+        assert isinstance(results[2], tasks.Submitted) and results[2].inserted
+        assert await balance(pool, account.id) == (10, 10)
+        assert await problems_for(pool, account.id) == []
+
+    async def test_idempotency_holds_inside_one_batch(self, pool: asyncpg.Pool, make_account: MakeAccount) -> None:
+        account, _ = await make_account(credits=100)
+        m = self._model(5)
+        reqs = [
+            tasks.SubmitRequest(m, {"prompt": "a"}, None, "k", "h1"),
+            tasks.SubmitRequest(m, {"prompt": "a"}, None, "k", "h1"),
+            tasks.SubmitRequest(m, {"prompt": "b"}, None, "k", "h2"),
+        ]
+        first, repeat, other = await tasks.submit_batch(pool, account.id, reqs)
+        assert isinstance(first, tasks.Submitted) and first.inserted
+        assert isinstance(repeat, tasks.Submitted) and not repeat.inserted
+        assert repeat.task["id"] == first.task["id"]
+        assert isinstance(other, IdempotencyConflict)
+        assert await balance(pool, account.id) == (100, 5)
+
+    async def test_200_racing_submits_on_a_hot_account(self, pool: asyncpg.Pool, make_account: MakeAccount) -> None:
+        """200 concurrent submits of cost 4 on 148 credits through the batcher: exactly 37 tasks, and far fewer
+        commits than tasks (rows of one transaction share their xmin)."""
+        account, _ = await make_account(credits=148)
+        batcher = tasks.SubmitBatcher()
+        m = self._model(4)
+
+        async def one(i: int) -> bool:
+            try:
+                await batcher.submit(pool, account.id, tasks.SubmitRequest(m, {"prompt": str(i)}, None, None, None))
+            except InsufficientCredits:
+                return False
+            return True
+
+        results = await asyncio.gather(*(one(i) for i in range(200)))
+        assert sum(results) == 37
+        assert await balance(pool, account.id) == (148, 148)
+        commits = await pool.fetchval("SELECT count(DISTINCT xmin::text) FROM tasks WHERE account_id = $1", account.id)
+        assert commits < 37
+        assert await problems_for(pool, account.id) == []

@@ -7,15 +7,16 @@ else here moves a task's bookkeeping (provider id, next check) and no money.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
-from shared.errors import NotCancelable, NotFound
+from shared.errors import CreditqError, IdempotencyConflict, InsufficientCredits, NotCancelable, NotFound
 from shared.ledger import observe
 from shared.ledger.accounts import Conn, decode_cursor, encode_cursor
 from shared.ledger.sqlerrors import mapped
@@ -36,6 +37,60 @@ class Submitted:
     inserted: bool  # False: an idempotent repeat answered the first task
 
 
+@dataclass(frozen=True, slots=True)
+class SubmitRequest:
+    """One submit, as the batch function takes it."""
+
+    model: Model
+    input: dict[str, Any]
+    callback_url: str | None
+    idempotency_key: str | None
+    request_hash: str | None
+    task_id: str = field(default_factory=lambda: new_task_id())
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.task_id,
+            "model": self.model.model,
+            "kind": self.model.kind,
+            "family": self.model.family,
+            "input": self.input,
+            "callback_url": self.callback_url,
+            "token": secrets.token_urlsafe(24),
+            "cost": self.model.cost,
+            "deadline": self.model.deadline_seconds,
+            "key": self.idempotency_key,
+            "hash": self.request_hash,
+        }
+
+
+async def submit_batch(conn: Conn, account_id: str, requests: list[SubmitRequest]) -> list[Submitted | CreditqError]:
+    """Submit several tasks of one account in ONE statement and one transaction (group commit).
+
+    Admitted in list order while available credit lasts: each admitted request gets its own task, hold and
+    ``hold`` entry. Per request the result is a Submitted (``inserted`` False for an idempotent repeat, also
+    within the batch) or the error it earned: InsufficientCredits, IdempotencyConflict. Raises for the whole
+    batch: NotFound (no account), Forbidden (suspended).
+    """
+    async with mapped():
+        rows = await conn.fetch(
+            "SELECT b.idx, b.outcome, b.available, (b.task).* FROM cq_submit_batch($1, $2::jsonb) b ORDER BY b.idx",
+            account_id,
+            [r.as_json() for r in requests],
+        )
+    out: list[Submitted | CreditqError] = []
+    for req, r in zip(requests, rows, strict=True):
+        if r["outcome"] == "insufficient":
+            out.append(InsufficientCredits(required=req.model.cost, available=r["available"]))
+        elif r["outcome"] == "conflict":
+            out.append(IdempotencyConflict("this Idempotency-Key was used with another request body"))
+        else:
+            if r["outcome"] == "inserted":
+                observe.submitted(r)
+            out.append(Submitted(r, r["outcome"] == "inserted"))
+    return out
+
+
 async def submit(
     conn: Conn,
     account_id: str,
@@ -46,32 +101,69 @@ async def submit(
     request_hash: str | None,
     task_id: str | None = None,
 ) -> Submitted:
-    """Insert the task and hold its cost: one transaction, one round trip.
+    """Insert the task and hold its cost: one transaction, one round trip (a batch of one).
 
     Idempotent by (account, ``idempotency_key``): a repeat with the same ``request_hash`` returns the first task
     with ``inserted`` False and holds nothing more. Raises InsufficientCredits, Forbidden (suspended),
-    IdempotencyConflict (same key, other hash).
+    IdempotencyConflict (same key, other hash), NotFound (no account).
     """
-    async with mapped():
-        r = await conn.fetchrow(
-            "SELECT (s.task).*, s.inserted FROM cq_submit_task($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) s",
-            account_id,
-            task_id or new_task_id(),
-            model.model,
-            model.kind,
-            model.family,
-            input,
-            callback_url,
-            secrets.token_urlsafe(24),
-            model.cost,
-            model.deadline_seconds,
-            idempotency_key,
-            request_hash,
-        )
-    assert r is not None
-    if r["inserted"]:
-        observe.submitted(r)
-    return Submitted(r, r["inserted"])
+    req = SubmitRequest(model, input, callback_url, idempotency_key, request_hash, task_id or new_task_id())
+    (result,) = await submit_batch(conn, account_id, [req])
+    if isinstance(result, CreditqError):
+        raise result
+    return result
+
+
+class SubmitBatcher:
+    """Group commit for one process: the submits of one account that arrive while its previous batch is in
+    flight wait for it, then go together in one :func:`submit_batch` (at most ``max_batch``), in arrival order.
+
+    An idle account's submit goes at once (a batch of one), so batching adds no latency; a hot account's row is
+    locked once per batch instead of once per submit. Exact: admission, idempotency and errors are per request,
+    as with :func:`submit`.
+    """
+
+    def __init__(self, max_batch: int = 100) -> None:
+        self._max = max_batch
+        self._queues: dict[str, list[tuple[SubmitRequest, asyncio.Future[Submitted]]]] = {}
+        self._drains: set[asyncio.Task[None]] = set()
+
+    async def submit(self, pool: Conn, account_id: str, request: SubmitRequest) -> Submitted:
+        """Submit through the account's batch (run on ``pool``). Same result and errors as :func:`submit`."""
+        future: asyncio.Future[Submitted] = asyncio.get_running_loop().create_future()
+        queue = self._queues.get(account_id)
+        if queue is None:
+            self._queues[account_id] = [(request, future)]
+            drain = asyncio.create_task(self._drain(pool, account_id))
+            self._drains.add(drain)  # a strong reference, so the task is not collected mid-flight
+            drain.add_done_callback(self._drains.discard)
+        else:
+            queue.append((request, future))
+        return await future
+
+    async def _drain(self, pool: Conn, account_id: str) -> None:
+        # The account's queue exists (and new submits append to it) until this loop finds it empty.
+        queue = self._queues[account_id]
+        while queue:
+            batch, queue[:] = queue[: self._max], queue[self._max :]
+            try:
+                results = await submit_batch(pool, account_id, [req for req, _ in batch])
+            except BaseException as e:  # the whole batch failed: each waiter gets the error
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(e)
+                if not isinstance(e, Exception):
+                    del self._queues[account_id]
+                    raise
+                continue
+            for (_, fut), result in zip(batch, results, strict=True):
+                if fut.done():
+                    continue
+                if isinstance(result, CreditqError):
+                    fut.set_exception(result)
+                else:
+                    fut.set_result(result)
+        del self._queues[account_id]
 
 
 async def get(conn: Conn, task_id: str, account_id: str | None = None) -> asyncpg.Record:
