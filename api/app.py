@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
-from api import accounts, admin, health, jobs, transfers, webhooks
+from api import accounts, admin, health, jobs, observability, ops, transfers, webhooks
 from api.errors import HANDLERS, CatchAll
 from api.services import Services
 from shared import pricing
@@ -46,10 +46,13 @@ def create_app(settings: Settings) -> Starlette:
         *admin.routes,
         *webhooks.routes,
         *payment_routes,
+        *observability.routes,
+        *ops.routes,
     ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(CatchAll)],
+        # RequestContext outermost: the request id is bound for every line below it, the 500s of CatchAll too.
+        middleware=[Middleware(observability.RequestContext), Middleware(CatchAll)],
         exception_handlers=HANDLERS,
         lifespan=lifespan,
     )

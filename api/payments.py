@@ -26,7 +26,6 @@ import math
 from typing import Any
 
 import structlog
-from prometheus_client import Counter
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
@@ -34,18 +33,14 @@ from starlette.routing import BaseRoute, Route
 from api.auth import require_admin
 from api.requests import InvalidJson, query_limit, read_body
 from api.services import services
-from shared import db
+from shared import db, metrics
 from shared.errors import CreditqError, NotFound, UnappliedEvent
 from shared.ledger import payments
 from shared.signature import HEADER, parse_secrets, verify
 
 log = structlog.get_logger()
 
-EVENTS = Counter(
-    "creditq_payment_events_total",
-    "Payment webhook deliveries by outcome (applied, repeat, ignored, pending, rejected).",
-    ["outcome"],
-)
+EVENTS = metrics.PAYMENT_EVENTS  # defined with every other metric, in shared.metrics
 
 
 def _finite(text: str) -> float:

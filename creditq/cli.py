@@ -41,19 +41,13 @@ def _parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("sim", help="serve the KIE.ai simulator")
     sim.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     sim.add_argument("--port", type=int, default=8100, help="port (default 8100)")
-    sim.add_argument(
-        "--api-key", default=None, help="accept only this bearer key (default: any non-empty key)"
-    )
+    sim.add_argument("--api-key", default=None, help="accept only this bearer key (default: any non-empty key)")
     sim.add_argument("--credits", type=float, default=1_000_000, help="the simulated provider balance")
     sim.add_argument("--time-scale", type=float, default=1.0, help="multiply every duration by F")
     sim.add_argument("--create-limit", type=int, default=20, help="creates per 10 s per key (default 20)")
-    sim.add_argument(
-        "--query-limit", type=int, default=10, help="status queries per second per key (default 10)"
-    )
+    sim.add_argument("--query-limit", type=int, default=10, help="status queries per second per key (default 10)")
 
-    dev = sub.add_parser(
-        "dev", help="migrate, then run sim + api + worker in this terminal, for trying it out"
-    )
+    dev = sub.add_parser("dev", help="migrate, then run sim + api + worker in this terminal, for trying it out")
     dev.add_argument("--port", type=int, default=8000, help="API port (default 8000)")
     dev.add_argument("--sim-port", type=int, default=8100, help="simulator port (default 8100)")
 
@@ -75,9 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     submit = sub.add_parser("submit", help="submit a job with your API key and follow it")
     submit.add_argument("--model", required=True, help="a model from GET /v1/models")
     submit.add_argument("--prompt", required=True, help="the text prompt")
-    submit.add_argument(
-        "--wait", action="store_true", help="follow the task to its end, then print the result"
-    )
+    submit.add_argument("--wait", action="store_true", help="follow the task to its end, then print the result")
     submit.add_argument(
         "--api-url", default=None, help="API base URL (default $CREDITQ_API_URL or http://127.0.0.1:8000)"
     )
@@ -104,9 +96,7 @@ async def _accounts_create(settings: Settings, args: argparse.Namespace) -> int:
 
     pricing = load(settings.pricing_path)
     if args.tier not in pricing.tiers:
-        print(
-            f"creditq: error: unknown tier {args.tier!r} (have: {', '.join(pricing.tiers)})", file=sys.stderr
-        )
+        print(f"creditq: error: unknown tier {args.tier!r} (have: {', '.join(pricing.tiers)})", file=sys.stderr)
         return 2
     pool = await db.create_pool(settings, max_size=2)
     try:
@@ -126,18 +116,24 @@ async def _audit(settings: Settings, args: argparse.Namespace) -> int:
     pool = await db.create_pool(settings, max_size=4)
     try:
         if args.fix:
-            from worker.recovery import fixers
+            # The same repairs as GET /v1/admin/reconcile?fix=true: the worker's and the payments module's.
+            from worker.recovery import all_fixers
 
-            report = await audit(pool, settings.sweep_seconds, fixers(settings))
+            report = await audit(pool, settings.sweep_seconds, all_fixers(settings))
         else:
             report = await audit(pool, settings.sweep_seconds)
     finally:
         await pool.close()
     if args.json:
-        print(json.dumps(report.as_dict(), indent=2))
+        out = report.as_dict()
+        if args.fix:
+            out["fixed"] = list(report.fixed)  # present, if empty, whenever repairs were asked for
+        print(json.dumps(out, indent=2))
     else:
         for line in report.fixed:
             print(f"fixed: {line}")
+        if args.fix and not report.fixed:
+            print("fix: nothing repaired")
         for p in report.problems:
             where = " ".join(f"{k}={v}" for k, v in p.as_dict().items() if k not in ("kind", "detail"))
             print(f"{p.kind}: {where}: {p.detail}")

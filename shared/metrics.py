@@ -115,6 +115,11 @@ CREDIT_POLLS = Counter(
     "Polls of the provider's credit balance (GET /api/v1/chat/credit) by outcome (ok, error).",
     ["outcome"],
 )
+PAYMENT_EVENTS = Counter(
+    "creditq_payment_events_total",
+    "Payment webhook deliveries by outcome (applied, repeat, ignored, pending, rejected).",
+    ["outcome"],
+)
 SWEEPER_RECOVERIES = Counter(
     "creditq_sweeper_recoveries_total",
     "Tasks the sweeper recovered: re-enqueued after their queue entry was lost (requeued) or ended past "
@@ -175,8 +180,9 @@ async def push_snapshot(redis: Redis, settings: Settings, wid: str, registry: Co
 
 
 async def read_snapshots(redis: Redis, settings: Settings) -> dict[str, list[dict[str, Any]]]:
-    """Every live worker's snapshot by worker id. Ids whose snapshot expired are dropped from the list (a worker
-    gone for good); a snapshot that does not parse is skipped. Two round trips. Raises redis errors."""
+    """Every live worker's snapshot by worker id. A worker whose snapshot expired (gone a minute) is skipped, and
+    dropped from the list after ten lifetimes; a snapshot that does not parse is skipped. Three round trips.
+    Raises redis errors."""
     key = workers_key(settings)
     # Ids idle for far longer than a snapshot lives are certainly gone; trimming keeps the set small.
     await redis.zremrangebyscore(key, "-inf", time.time() - 10 * SNAPSHOT_TTL_SECONDS)

@@ -1,4 +1,5 @@
-"""Repairs for ``creditq audit --fix``: each runs the path the worker would have run, never a balance write.
+"""Repairs for ``creditq audit --fix`` and ``GET /v1/admin/reconcile?fix=true``: each runs the path the worker
+would have run, never a balance write. :func:`all_fixers` is what both run: these and the payments module's.
 
 - ``stuck_task`` (a live task past its deadline plus the sweep interval): the deadline path, ``finish`` failed
   with ``provider_timeout``, which releases the hold in the same transaction.
@@ -14,6 +15,7 @@ from shared.config import Settings
 from shared.errors import NotFound
 from shared.ledger import money, tasks
 from shared.ledger.audit import Fixer, Problem
+from shared.pricing import Pricing, load
 
 
 def fixers(settings: Settings) -> dict[str, Fixer]:
@@ -56,3 +58,13 @@ def fixers(settings: Settings) -> dict[str, Fixer]:
 
     _ = settings  # the repairs need nothing from the settings today; the signature lets them grow
     return {"stuck_task": stuck_task, "open_hold_on_terminal_task": open_hold_on_terminal_task}
+
+
+def all_fixers(settings: Settings, prices: Pricing | None = None) -> dict[str, Fixer]:
+    """Every repair of ``creditq audit --fix`` and ``GET /v1/admin/reconcile?fix=true``, by problem kind: the
+    worker's (:func:`fixers`) and the payments module's (``unapplied_event``: re-apply the stored event). The one
+    place both callers get their repairs from. ``prices`` defaults to the price list of ``CREDITQ_PRICING``.
+    Raises ConfigError (a bad price list)."""
+    from shared.ledger import payments
+
+    return {**fixers(settings), **payments.fixers(prices or load(settings.pricing_path))}

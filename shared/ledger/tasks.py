@@ -8,6 +8,7 @@ else here moves a task's bookkeeping (provider id, next check) and no money.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import secrets
 from dataclasses import dataclass, field
@@ -64,13 +65,16 @@ class SubmitRequest:
         }
 
 
-async def submit_batch(conn: Conn, account_id: str, requests: list[SubmitRequest]) -> list[Submitted | CreditqError]:
+async def submit_batch(
+    conn: Conn, account_id: str, requests: list[SubmitRequest], contexts: list[contextvars.Context] | None = None
+) -> list[Submitted | CreditqError]:
     """Submit several tasks of one account in ONE statement and one transaction (group commit).
 
     Admitted in list order while available credit lasts: each admitted request gets its own task, hold and
     ``hold`` entry. Per request the result is a Submitted (``inserted`` False for an idempotent repeat, also
     within the batch) or the error it earned: InsufficientCredits, IdempotencyConflict. Raises for the whole
-    batch: NotFound (no account), Forbidden (suspended).
+    batch: NotFound (no account), Forbidden (suspended). ``contexts`` (one per request): the context each new
+    task is reported in (its log line carries that request's ``request_id``); default the current one.
     """
     async with mapped():
         rows = await conn.fetch(
@@ -79,14 +83,17 @@ async def submit_batch(conn: Conn, account_id: str, requests: list[SubmitRequest
             [r.as_json() for r in requests],
         )
     out: list[Submitted | CreditqError] = []
-    for req, r in zip(requests, rows, strict=True):
+    for i, (req, r) in enumerate(zip(requests, rows, strict=True)):
         if r["outcome"] == "insufficient":
             out.append(InsufficientCredits(required=req.model.cost, available=r["available"]))
         elif r["outcome"] == "conflict":
             out.append(IdempotencyConflict("this Idempotency-Key was used with another request body"))
         else:
             if r["outcome"] == "inserted":
-                observe.submitted(r)
+                if contexts is None:
+                    observe.submitted(r)
+                else:
+                    contexts[i].run(observe.submitted, r)
             out.append(Submitted(r, r["outcome"] == "inserted"))
     return out
 
@@ -125,20 +132,23 @@ class SubmitBatcher:
 
     def __init__(self, max_batch: int = 100) -> None:
         self._max = max_batch
-        self._queues: dict[str, list[tuple[SubmitRequest, asyncio.Future[Submitted]]]] = {}
+        self._queues: dict[str, list[tuple[SubmitRequest, asyncio.Future[Submitted], contextvars.Context]]] = {}
         self._drains: set[asyncio.Task[None]] = set()
 
     async def submit(self, pool: Conn, account_id: str, request: SubmitRequest) -> Submitted:
         """Submit through the account's batch (run on ``pool``). Same result and errors as :func:`submit`."""
         future: asyncio.Future[Submitted] = asyncio.get_running_loop().create_future()
+        # The batch runs in a task started from the first submitter's context: each request's own context goes
+        # along, so that its task.queued line carries its own request_id, not the first one's.
+        context = contextvars.copy_context()
         queue = self._queues.get(account_id)
         if queue is None:
-            self._queues[account_id] = [(request, future)]
+            self._queues[account_id] = [(request, future, context)]
             drain = asyncio.create_task(self._drain(pool, account_id))
             self._drains.add(drain)  # a strong reference, so the task is not collected mid-flight
             drain.add_done_callback(self._drains.discard)
         else:
-            queue.append((request, future))
+            queue.append((request, future, context))
         return await future
 
     async def _drain(self, pool: Conn, account_id: str) -> None:
@@ -147,16 +157,16 @@ class SubmitBatcher:
         while queue:
             batch, queue[:] = queue[: self._max], queue[self._max :]
             try:
-                results = await submit_batch(pool, account_id, [req for req, _ in batch])
+                results = await submit_batch(pool, account_id, [req for req, _, _ in batch], [c for _, _, c in batch])
             except BaseException as e:  # the whole batch failed: each waiter gets the error
-                for _, fut in batch:
+                for _, fut, _ in batch:
                     if not fut.done():
                         fut.set_exception(e)
                 if not isinstance(e, Exception):
                     del self._queues[account_id]
                     raise
                 continue
-            for (_, fut), result in zip(batch, results, strict=True):
+            for (_, fut, _), result in zip(batch, results, strict=True):
                 if fut.done():
                     continue
                 if isinstance(result, CreditqError):

@@ -1,0 +1,252 @@
+"""The operator's page (``GET /admin``) as HTML: :func:`render` fills ``api/templates/admin.html``.
+
+Server-rendered, no script, no build step: the template is a :class:`string.Template` and every value that
+reaches it is escaped here (:func:`html.escape`), whatever its source (account ids, external ids, model names and
+error codes come from clients or the provider). Every figure sits in an element with an ``id`` (or a row with
+``data-*`` attributes) and its exact value in ``data-value``, so tests and scripts read the page as reliably as a
+person does. The page reloads itself every :data:`REFRESH_SECONDS` (``<meta http-equiv="refresh">``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cache
+from html import escape
+from pathlib import Path
+from string import Template
+from typing import Any
+
+from shared.ledger import stats
+from shared.ledger.audit import Report
+from shared.metrics import OpsState
+
+REFRESH_SECONDS = 10
+TEMPLATE = Path(__file__).with_name("templates") / "admin.html"
+MAX_PROBLEMS_SHOWN = 50
+
+
+@dataclass(slots=True)
+class PageData:
+    """Everything the page shows. A part that could not be read is None, with the reason in ``errors``."""
+
+    state: OpsState
+    by_status: dict[str, int] | None = None
+    stuck: list[stats.StuckTask] | None = None
+    failures: list[stats.FailureReason] | None = None
+    failure_window_seconds: float = 86_400.0
+    audit: Report | None = None
+    audit_at: float | None = None
+    account_ref: str = ""
+    account: Mapping[str, Any] | None = None
+    account_error: str | None = None
+    query_token: str | None = None
+    errors: dict[str, str] = field(default_factory=dict)
+    now: float = field(default_factory=time.time)
+
+
+@cache
+def _template() -> Template:
+    return Template(TEMPLATE.read_text(encoding="utf-8"))
+
+
+def _e(value: object) -> str:
+    return escape(str(value), quote=True)
+
+
+def _utc(ts: float | datetime | None) -> str:
+    if ts is None:
+        return "never"
+    when = ts if isinstance(ts, datetime) else datetime.fromtimestamp(ts, UTC)
+    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _num(element_id: str, value: float | int | None, unit: str = "") -> str:
+    """A right-aligned number cell with its exact value in ``data-value`` ("unknown" when None)."""
+    if value is None:
+        return f'<td class="num muted" id="{_e(element_id)}" data-value="">unknown</td>'
+    shown = f"{value:,}" if isinstance(value, int) else f"{value:,.2f}"
+    return f'<td class="num" id="{_e(element_id)}" data-value="{_e(value)}">{_e(shown)}{_e(unit)}</td>'
+
+
+def _row(label: str, cell: str) -> str:
+    return f"<tr><th>{_e(label)}</th>{cell}</tr>"
+
+
+def _table(headers: Iterable[str], rows: list[str], empty: str, table_id: str) -> str:
+    if not rows:
+        return f'<p class="muted" id="{_e(table_id)}-empty">{_e(empty)}</p>'
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    return f'<table id="{_e(table_id)}"><tr>{head}</tr>{"".join(rows)}</table>'
+
+
+def _totals(d: PageData) -> str:
+    g = d.state.gauges
+    return "".join(
+        (
+            _row("accounts", _num("total-accounts", g.accounts if g else None)),
+            _row("balance (Σ)", _num("total-balance", g.balance if g else None)),
+            _row("held (Σ)", _num("total-held", g.held if g else None)),
+            _row("available (Σ)", _num("total-available", g.available if g else None)),
+            _row("open holds", _num("open-holds", g.open_holds if g else None)),
+            _row("payment events pending", _num("payment-events-pending", g.pending_events if g else None)),
+        )
+    )
+
+
+def _tasks(d: PageData) -> str:
+    g = d.state.gauges
+    rows = [
+        _row("in flight: queued", _num("inflight-queued", g.queued if g else None)),
+        _row("in flight: running", _num("inflight-running", g.running if g else None)),
+        _row("stuck", _num("stuck-count", g.stuck if g else None)),
+    ]
+    for status in ("queued", "running", "succeeded", "failed", "canceled"):
+        value = d.by_status.get(status, 0) if d.by_status is not None else None
+        rows.append(_row(f"all time: {status}", _num(f"tasks-{status}", value)))
+    queue = d.state.queue_depth
+    rows.append(_row("arq queue depth", _num("queue-depth", queue)))
+    return "".join(rows)
+
+
+def _provider(d: PageData) -> str:
+    s = d.state
+    if not s.circuit_known:
+        circuit = '<td id="circuit-state" data-value="unknown" class="muted">unknown</td>'
+    elif s.circuit is None:
+        circuit = '<td id="circuit-state" data-value="closed" class="ok">closed: submitting</td>'
+    else:
+        why = s.circuit.get("reason", "unknown")
+        since = s.circuit.get("since")
+        when = f" since {_utc(float(since))} UTC" if isinstance(since, int | float) else ""
+        circuit = f'<td id="circuit-state" data-value="open" class="bad">OPEN: {_e(why)}{_e(when)}</td>'
+    rows = [_row("circuit", circuit)]
+    if s.provider_credits is None:
+        rows.append(_row("credit balance", _num("provider-credits", None)))
+    else:
+        credits, at = s.provider_credits
+        rows.append(_row("credit balance", _num("provider-credits", credits)))
+        rows.append(
+            _row(
+                "polled",
+                f'<td id="provider-credits-age" data-value="{_e(round(d.now - at, 1))}">'
+                f"{_e(_ago(d.now - at))} ago</td>",
+            )
+        )
+    for kind, plural in (("create", "creates"), ("query", "queries")):
+        used, limit = s.budget.get(kind, (None, None)) if s.budget is not None else (None, None)
+        if used is None or limit is None:
+            rows.append(_row(f"budget: {kind}", _num(f"budget-{kind}-used", None)))
+            continue
+        cls = "bad" if used >= limit else ("warn" if used >= 0.8 * limit else "")
+        rows.append(
+            _row(
+                f"budget: {plural} in window",
+                f'<td class="num {cls}" id="budget-{kind}-used" data-value="{used}" data-limit="{limit}">'
+                f"{used} / {limit}</td>",
+            )
+        )
+    rows.append(_row("live workers", _num("workers", len(s.workers) if "redis" not in s.errors else None)))
+    return "".join(rows)
+
+
+def _audit(d: PageData) -> str:
+    r = d.audit
+    if r is None:
+        why = d.errors.get("audit", "not run")
+        return f'<p id="audit-ok" data-value="unknown" class="muted">unknown: {_e(why)}</p>'
+    if r.ok:
+        head = '<p id="audit-ok" data-value="true" class="ok">clean: every invariant holds</p>'
+    else:
+        head = f'<p id="audit-ok" data-value="false" class="bad">{len(r.problems)} problem(s)</p>'
+    head += f'<p class="muted">problems: <span id="audit-problems" data-value="{len(r.problems)}">{len(r.problems)}</span></p>'
+    rows = [
+        f'<tr class="problem" data-kind="{_e(p.kind)}" data-task="{_e(p.taskId or "")}" '
+        f'data-account="{_e(p.accountId or "")}" data-event="{_e(p.eventId or "")}">'
+        f"<td><code>{_e(p.kind)}</code></td>"
+        f"<td><code>{_e(p.taskId or p.eventId or p.accountId or '')}</code></td><td>{_e(p.detail)}</td></tr>"
+        for p in r.problems[:MAX_PROBLEMS_SHOWN]
+    ]
+    more = len(r.problems) - MAX_PROBLEMS_SHOWN
+    tail = f'<p class="muted">and {more} more: see <code>creditq audit</code></p>' if more > 0 else ""
+    return head + _table(("kind", "where", "detail"), rows, "no problems", "audit-table") + tail
+
+
+def _stuck(d: PageData) -> str:
+    if d.stuck is None:
+        return f'<p class="muted">unknown: {_e(d.errors.get("stuck", "not read"))}</p>'
+    rows = [
+        f'<tr class="stuck" data-task="{_e(t.task_id)}"><td><code>{_e(t.task_id)}</code></td>'
+        f"<td><code>{_e(t.account_id)}</code></td><td>{_e(t.model)}</td><td>{_e(t.status)}</td>"
+        f"<td><code>{_e(t.provider_task_id or '-')}</code></td><td>{_e(_utc(t.deadline_at))}</td>"
+        f'<td class="num">{_e(_ago(t.overdue_seconds))}</td></tr>'
+        for t in d.stuck
+    ]
+    headers = ("task", "account", "model", "status", "provider task", "deadline (UTC)", "overdue")
+    return _table(headers, rows, "none: the sweeper is keeping up", "stuck-table")
+
+
+def _failures(d: PageData) -> str:
+    if d.failures is None:
+        return f'<p class="muted">unknown: {_e(d.errors.get("failures", "not read"))}</p>'
+    rows = [
+        f'<tr class="failure" data-reason="{_e(f.reason)}" data-value="{f.count}"><td><code>{_e(f.reason)}</code></td>'
+        f'<td class="num">{f.count:,}</td><td>{_e(_utc(f.last_at))}</td></tr>'
+        for f in d.failures
+    ]
+    return _table(("reason", "tasks", "last (UTC)"), rows, "no failed tasks", "failures-table")
+
+
+def _account(d: PageData) -> str:
+    if not d.account_ref:
+        return '<p class="muted">Look up an account by its id or external id.</p>'
+    if d.account is None:
+        return f'<p class="bad" id="account-error">{_e(d.account_error or "not found")}</p>'
+    a = d.account
+    rows = [
+        _row(
+            "account", f'<td id="account-id" data-value="{_e(a["accountId"])}"><code>{_e(a["accountId"])}</code></td>'
+        ),
+        _row("external id", f'<td id="account-external-id">{_e(a.get("externalId") or "-")}</td>'),
+        _row("tier", f'<td id="account-tier" data-value="{_e(a["tier"])}">{_e(a["tier"])}</td>'),
+        _row("status", f'<td id="account-status" data-value="{_e(a["status"])}">{_e(a["status"])}</td>'),
+        _row("balance", _num("account-balance", int(a["balance"]))),
+        _row("held", _num("account-held", int(a["held"]))),
+        _row("available", _num("account-available", int(a["available"]))),
+    ]
+    return f"<table>{''.join(rows)}</table>"
+
+
+def render(d: PageData) -> str:
+    """The page's HTML. Pure."""
+    errors = {**d.state.errors, **d.errors}
+    source_errors = "; ".join(f"{k}: {v}" for k, v in sorted(errors.items()) if k in ("postgres", "redis"))
+    token_field = f'<input type="hidden" name="token" value="{_e(d.query_token)}">' if d.query_token is not None else ""
+    hours = d.failure_window_seconds / 3600
+    return _template().substitute(
+        refresh=REFRESH_SECONDS,
+        generated_at=_e(_utc(d.now)),
+        source_errors=_e(f"unreachable: {source_errors}" if source_errors else ""),
+        totals=_totals(d),
+        tasks=_tasks(d),
+        provider=_provider(d),
+        audit_at=_e(_utc(d.audit_at)),
+        audit=_audit(d),
+        stuck=_stuck(d),
+        failure_window=_e(f"{hours:g} h"),
+        failures=_failures(d),
+        token_field=token_field,
+        account_ref=_e(d.account_ref),
+        account=_account(d),
+    )

@@ -1,0 +1,209 @@
+"""Operator endpoints: ``GET /v1/admin/reconcile`` and the operator's page ``GET /admin``.
+
+- ``GET /v1/admin/reconcile[?fix=true]`` (admin bearer token, as every ``/v1/admin`` route): the audit of
+  :mod:`shared.ledger.audit`, the very function ``creditq audit`` runs, → 200 ``{"ok", "problems": [{"kind",
+  "accountId"?, "taskId"?, "eventId"?, "detail"}]}``. With ``fix=true`` it first runs the same repairs as
+  ``creditq audit --fix`` (:func:`worker.recovery.all_fixers`) and adds ``"fixed": [what each did]``;
+  ``problems`` are then those left. Postgres down → 503.
+- ``GET /admin``: the page of :mod:`api.admin_page`. The admin token comes as the bearer header or, for a
+  browser, as ``?token=`` (kept in the page's self-refresh and its lookup form). 403 while
+  ``CREDITQ_ADMIN_TOKEN`` is unset, 401 without the right token. ``?account=<id or externalId>`` adds that
+  account's view. The audit shown is at most :data:`AUDIT_MAX_AGE_SECONDS` old (the page reloads every 10 s and
+  the audit reads every ledger entry, so an open page must not run it each time); a reconcile refreshes it.
+  Postgres or Redis down: the page still answers 200, saying what it could not read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import asyncpg
+import structlog
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse
+from starlette.routing import Route
+
+from api import admin_page
+from api.accounts import account_view
+from api.auth import bearer, require_admin
+from api.observability import connected_or_none
+from api.services import Services, services
+from shared import metrics
+from shared.errors import Forbidden, InvalidInput, NotFound, Unauthenticated
+from shared.ledger import accounts, stats
+from shared.ledger.audit import Report, audit
+from worker.recovery import all_fixers
+
+T = TypeVar("T")
+
+log = structlog.get_logger("creditq.api")
+
+AUDIT_MAX_AGE_SECONDS = 15.0
+PAGE_QUERY_TIMEOUT_SECONDS = 5.0
+AUDIT_TIMEOUT_SECONDS = 20.0
+FAILURE_WINDOW_SECONDS = 86_400.0
+MAX_REF_LENGTH = 200
+PAGE_HEADERS = {
+    # The page may carry the admin token in its URL: keep it out of caches, referrers and frames.
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'",
+}
+
+
+@dataclass(slots=True)
+class AuditCache:
+    """The last audit report this API process ran and when (wall clock); one audit at a time."""
+
+    report: Report | None = None
+    at: float = 0.0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def store(self, report: Report) -> None:
+        """Keep ``report`` as the newest audit."""
+        self.report, self.at = report, time.time()
+
+
+def _cache(request: Request) -> AuditCache:
+    cache: AuditCache | None = getattr(request.app.state, "admin_audit_cache", None)
+    if cache is None:
+        cache = AuditCache()
+        request.app.state.admin_audit_cache = cache
+    return cache
+
+
+def _flag(request: Request, name: str) -> bool:
+    raw = request.query_params.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise InvalidInput(f"{name} must be true or false", details=[{"field": name, "message": "must be true or false"}])
+
+
+async def run_audit(svc: Services, pool: asyncpg.Pool, fix: bool) -> Report:
+    """The audit, with ``fix`` the same repairs as ``creditq audit --fix``; each repair is logged and the
+    summary recorded for ``creditq_audit_problems`` (best effort). Raises Unavailable."""
+    fixers = all_fixers(svc.settings, svc.pricing) if fix else None
+    report = await audit(pool, svc.settings.sweep_seconds, fixers)
+    for line in report.fixed:
+        log.info("audit.fixed", did=line)
+    try:
+        # The freshest audit is what creditq_audit_problems should show (the workers' run every few minutes).
+        await metrics.record_audit(await svc.arq(), svc.settings, (p.kind for p in report.problems))
+    except Exception as e:
+        log.warning("audit.not_recorded", error=f"{type(e).__name__}: {e}")
+    return report
+
+
+async def reconcile(request: Request) -> JSONResponse:
+    """``GET /v1/admin/reconcile[?fix=true]`` → 200 ``{"ok", "problems"}`` (plus ``"fixed"`` with ``fix``).
+    Raises Forbidden/Unauthenticated (admin token), InvalidInput (bad ``fix``), Unavailable."""
+    require_admin(request)
+    fix = _flag(request, "fix")
+    svc = services(request)
+    pool = await svc.db()
+    cache = _cache(request)
+    async with cache.lock:
+        report = await run_audit(svc, pool, fix)
+        cache.store(report)
+    body = report.as_dict()
+    if fix:
+        body["fixed"] = list(report.fixed)
+    if not report.ok:
+        log.warning("audit.problems", problems=len(report.problems), kinds=sorted({p.kind for p in report.problems}))
+    return JSONResponse(body)
+
+
+def page_token(request: Request) -> str | None:
+    """Require the admin token as the bearer header or ``?token=``. Returns the query token when that is how it
+    came (the page keeps it in its links), else None. Raises Forbidden (admin disabled), Unauthenticated."""
+    token = services(request).settings.admin_token
+    if not token:
+        raise Forbidden("the admin endpoints are disabled: set CREDITQ_ADMIN_TOKEN to enable them")
+    header = bearer(request)
+    if header is not None and hmac.compare_digest(header.encode(), token.encode()):
+        return None
+    query = request.query_params.get("token")
+    if query is not None and hmac.compare_digest(query.encode(), token.encode()):
+        return query
+    raise Unauthenticated(
+        "the admin token is required: send Authorization: Bearer <token> or open /admin?token=<token>"
+    )
+
+
+async def _part(data: admin_page.PageData, name: str, read: Callable[[], Awaitable[T]], seconds: float) -> T | None:
+    try:
+        async with asyncio.timeout(seconds):
+            return await read()
+    except Exception as e:  # one unreadable part must not take the page down
+        data.errors[name] = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        return None
+
+
+async def _page_audit(request: Request, svc: Services, pool: asyncpg.Pool) -> tuple[Report, float]:
+    cache = _cache(request)
+    async with cache.lock:
+        if cache.report is None or time.time() - cache.at > AUDIT_MAX_AGE_SECONDS:
+            cache.store(await run_audit(svc, pool, fix=False))
+        assert cache.report is not None
+        return cache.report, cache.at
+
+
+async def admin(request: Request) -> HTMLResponse:
+    """``GET /admin[?token=][&account=]``: the operator's page. Raises Forbidden/Unauthenticated, InvalidInput
+    (an over-long account reference)."""
+    query_token = page_token(request)
+    svc = services(request)
+    ref = request.query_params.get("account", "").strip()
+    if len(ref) > MAX_REF_LENGTH:
+        raise InvalidInput("account is too long", details=[{"field": "account", "message": "too long"}])
+    pool = await connected_or_none(svc.db())
+    redis = await connected_or_none(svc.arq())
+    state = await metrics.ops_state(svc.settings, pool, redis)
+    data = admin_page.PageData(
+        state=state, account_ref=ref, query_token=query_token, failure_window_seconds=FAILURE_WINDOW_SECONDS
+    )
+    if pool is None:
+        data.errors.update(postgres="not connected", audit="Postgres is not connected")
+    else:
+        sweep, limit = svc.settings.sweep_seconds, PAGE_QUERY_TIMEOUT_SECONDS
+        by_status, stuck, failures, audited, account = await asyncio.gather(
+            _part(data, "tasks", lambda: stats.tasks_by_status(pool), limit),
+            _part(data, "stuck", lambda: stats.stuck_tasks(pool, sweep), limit),
+            _part(data, "failures", lambda: stats.recent_failures(pool, FAILURE_WINDOW_SECONDS), limit),
+            _part(data, "audit", lambda: _page_audit(request, svc, pool), AUDIT_TIMEOUT_SECONDS),
+            _lookup(data, svc, pool, ref),
+        )
+        data.by_status, data.stuck, data.failures, data.account = by_status, stuck, failures, account
+        if audited is not None:
+            data.audit, data.audit_at = audited
+    return HTMLResponse(admin_page.render(data), headers=PAGE_HEADERS)
+
+
+async def _lookup(data: admin_page.PageData, svc: Services, pool: asyncpg.Pool, ref: str) -> dict[str, Any] | None:
+    if not ref:
+        return None
+    try:
+        found = await accounts.get_account(pool, ref)
+    except NotFound:
+        data.account_error = f"no account {ref!r}"
+        return None
+    except Exception as e:
+        data.account_error = f"cannot read the account: {type(e).__name__}"
+        return None
+    return await account_view(svc, found)
+
+
+routes = [
+    Route("/v1/admin/reconcile", reconcile, methods=["GET"]),
+    Route("/admin", admin, methods=["GET"]),
+]

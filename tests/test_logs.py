@@ -1,0 +1,137 @@
+"""Logs: JSON lines with the task's context, and never a secret.
+
+A submit + provider callback + settlement runs through real API and worker processes; their output (JSON lines)
+is then searched for every secret in play: the client's API key, the admin token, the provider key, and the
+task's callback token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import time
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import structlog
+
+from shared.config import Settings
+from shared.ledger import tasks
+from shared.logging import configure
+from tests.conftest import Proc, Processes, free_port
+
+ADMIN_TOKEN = "admin-secret"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+IMAGE = "google/nano-banana"
+
+
+def _lines(proc: Proc) -> list[dict[str, Any]]:
+    """The process's JSON log lines (other output, such as a server's start banner, is skipped)."""
+    out = []
+    for line in proc.output().splitlines():
+        if line.startswith("{"):
+            out.append(json.loads(line))
+    return out
+
+
+def test_redaction_of_secret_keys_and_secret_looking_values(settings: Settings) -> None:
+    stream = io.StringIO()
+    configure(settings, stream)
+    try:
+        log = structlog.get_logger("test")
+        log.info(
+            "probe",
+            api_key="cq_0123456789abcdefghijklmnop",
+            token="t0ps3cret",
+            url="https://example.com/hook?task=t1&token=t0ps3cret",
+            header="Bearer t0ps3cret",
+            note="key cq_0123456789abcdefghijklmnop was used",
+        )
+    finally:
+        configure(settings)
+    line = json.loads(stream.getvalue().strip().splitlines()[-1])
+    text = json.dumps(line)
+    assert "t0ps3cret" not in text and "0123456789abcdefghijklmnop" not in text
+    assert line["url"] == "https://example.com/hook?task=t1&token=[redacted]"
+    assert line["api_key"] == "[redacted]"
+
+
+@pytest.mark.slow
+async def test_submit_and_callback_log_context_and_no_secrets(procs: Processes, pool: asyncpg.Pool) -> None:
+    sim = procs.sim("--time-scale", "0.1")
+    port = free_port()
+    public = {"CREDITQ_PUBLIC_URL": f"http://127.0.0.1:{port}"}
+    api = procs.api(env=public, port=port)
+    worker = procs.worker(env={**public, "KIE_TIMEOUT": "5"})
+    with httpx.Client(base_url=api.url, timeout=10) as client:
+        created = client.post("/v1/admin/accounts", json={"credits": 50, "tier": "pro"}, headers=ADMIN)
+        assert created.status_code == 201, created.text
+        api_key = created.json()["apiKey"]
+        account_id = created.json()["accountId"]
+        key = {"Authorization": f"Bearer {api_key}", "X-Request-ID": "req-logs-1"}
+        r = client.post("/v1/jobs", json={"model": IMAGE, "input": {"prompt": "a fox [sim:seconds=1]"}}, headers=key)
+        assert r.status_code == 202, r.text
+        task_id = r.json()["taskId"]
+        deadline = time.monotonic() + 30
+        while client.get(f"/v1/jobs/{task_id}", headers=key).json()["status"] != "succeeded":
+            assert time.monotonic() < deadline, "the task did not succeed in 30 s"
+            time.sleep(0.2)
+    assert httpx.get(f"{sim.url}/__sim/stats").json()["callbacksSent"] >= 1  # the callback path really ran
+    row = await tasks.get(pool, task_id)
+    time.sleep(0.5)  # the worker's last lines
+
+    secrets = {
+        "the client's API key": api_key,
+        "the admin token": ADMIN_TOKEN,
+        "the provider key": "sim-key",
+        "the callback token": row["callback_token"],
+    }
+    for proc in (api, worker):
+        output = proc.output()
+        for what, secret in secrets.items():
+            assert secret not in output, f"{what} is in the {proc.name}'s log"
+
+    api_lines = _lines(api)
+    queued = [x for x in api_lines if x.get("event") == "task.queued" and x.get("task_id") == task_id]
+    assert len(queued) == 1, api_lines
+    assert queued[0]["request_id"] == "req-logs-1"
+    assert queued[0]["account_id"] == account_id and queued[0]["model"] == IMAGE
+    assert (queued[0]["money"], queued[0]["amount"]) == ("hold", 4)
+
+    worker_lines = [x for x in _lines(worker) if x.get("task_id") == task_id]
+    events = [x["event"] for x in worker_lines]
+    assert "task.running" in events and "task.succeeded" in events, events
+    captured = [x for x in worker_lines if x["event"] == "money.capture"]
+    assert len(captured) == 1, events
+    assert (captured[0]["money"], captured[0]["amount"]) == ("capture", 4)
+    assert captured[0]["provider_task_id"] == row["provider_task_id"]
+    assert captured[0]["account_id"] == account_id
+    for x in worker_lines:
+        if not x["event"].startswith(("task.", "money.")):
+            continue
+        assert {"task_id", "account_id", "model", "provider_task_id"} <= x.keys(), x
+
+
+async def test_batched_submits_log_their_own_request_id(procs: Processes) -> None:
+    """Concurrent submits of one account share one statement (group commit), yet each task.queued line carries
+    the request_id of the request that made that task."""
+    api = procs.api()
+    async with httpx.AsyncClient(base_url=api.url, timeout=30) as client:
+        created = await client.post("/v1/admin/accounts", json={"credits": 400, "tier": "pro_plus"}, headers=ADMIN)
+        assert created.status_code == 201, created.text
+        key = created.json()["apiKey"]
+
+        async def one(i: int) -> tuple[str, str]:
+            headers = {"Authorization": f"Bearer {key}", "X-Request-ID": f"req-batch-{i}"}
+            body = {"model": IMAGE, "input": {"prompt": f"batch {i}"}}
+            r = await client.post("/v1/jobs", json=body, headers=headers)
+            assert r.status_code == 202, r.text
+            return r.json()["taskId"], f"req-batch-{i}"
+
+        made = dict(await asyncio.gather(*(one(i) for i in range(30))))
+    await asyncio.sleep(0.3)
+    queued = {x["task_id"]: x["request_id"] for x in _lines(api) if x.get("event") == "task.queued"}
+    assert {t: queued.get(t) for t in made} == made
