@@ -16,6 +16,11 @@ balance below ``cost_per_task``, 404 ``Task not found``), except: rate limiting 
 is a real HTTP 429 with a ``Retry-After`` header and code 429, and a ``[sim:flaky]`` task's every second
 status query is a real HTTP 500 with code 500.
 
+Simulator extras on status queries (see :mod:`sim.directives`): on every second query of its task
+``[sim:hang=S]`` answers only after ``S`` seconds, ``[sim:garbage]`` answers HTTP 200 with a non-JSON body, and
+``[sim:query=CODE]`` answers HTTP ``CODE`` with code ``CODE`` (429 with ``Retry-After: 1``); ``[sim:state=NAME]``
+reports the state ``NAME`` for the first half of the task's duration.
+
 Simulator endpoints, without auth: ``GET /__sim/stats``, ``POST /__sim/reset`` (clears tasks, stats, rate
 windows and pending callbacks and puts the balance back to ``SimOptions.credits``; → ``{"ok": true}``) and the
 simulator extra ``POST /__sim/credits`` ``{"credits": N}`` that sets the balance (→ ``{"ok": true, "credits":
@@ -35,7 +40,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from sim.callbacks import CallbackSender
@@ -180,6 +185,10 @@ class _Simulator:
             callback_url=callback_url,
             nocallback=directives.nocallback,
             flaky=directives.flaky,
+            hang=directives.hang,
+            garbage=directives.garbage,
+            query_code=directives.query_code,
+            unknown_state=directives.state,
         )
         self.state.add(task)
         self.callbacks.task_created(task)
@@ -206,15 +215,15 @@ class _Simulator:
 
     # -- status queries --
 
-    async def record_info(self, request: Request) -> JSONResponse:
+    async def record_info(self, request: Request) -> Response:
         """``GET /api/v1/jobs/recordInfo?taskId=``."""
-        return self._query(request, "jobs")
+        return await self._query(request, "jobs")
 
-    async def veo_record_info(self, request: Request) -> JSONResponse:
+    async def veo_record_info(self, request: Request) -> Response:
         """``GET /api/v1/veo/record-info?taskId=``."""
-        return self._query(request, "veo")
+        return await self._query(request, "veo")
 
-    def _query(self, request: Request, family: Family) -> JSONResponse:
+    async def _query(self, request: Request, family: Family) -> Response:
         key = self._caller_key(request)
         if key is None:
             return _answer(401, _CREATE_MESSAGES[401])
@@ -229,11 +238,32 @@ class _Simulator:
         if task is None or task.family != family:
             return _answer(404, "Task not found")
         task.queries += 1
-        if task.flaky and task.queries % 2 == 0:
-            return _answer(500, "Internal server error (simulated: flaky task).", status=500)
+        if task.queries % 2 == 0:
+            faulty = await self._query_fault(task)
+            if faulty is not None:
+                return faulty
         now = self.state.clock()
         data = jobs_record(task, now) if family == "jobs" else veo_record(task, now)
+        reported = task.reported_state(now)
+        if reported != task.state(now):
+            data["state" if family == "jobs" else "successFlag"] = reported
         return _answer(200, "success", data)
+
+    @staticmethod
+    async def _query_fault(task: SimTask) -> Response | None:
+        """The fault a task's directives put on this (even-numbered) status query, after any ``hang``; None
+        for a normal answer."""
+        if task.hang:
+            await asyncio.sleep(task.hang)
+        if task.garbage:
+            return Response(b"<html><body>502 Bad Gateway (simulated garbage)</body></html>", media_type="text/html")
+        if task.query_code is not None:
+            code = task.query_code
+            msg = _CREATE_MESSAGES.get(code, f"Simulated error (code {code}).")
+            return _answer(code, msg, status=code, retry_after="1" if code == 429 else None)
+        if task.flaky:
+            return _answer(500, "Internal server error (simulated: flaky task).", status=500)
+        return None
 
     # -- account --
 

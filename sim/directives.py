@@ -8,6 +8,17 @@ Recognised (several may share one prompt, in any order, anywhere in the text; ca
 - ``[sim:nocallback]``: no callback is sent for the task.
 - ``[sim:flaky]``: every second status query of the task answers HTTP 500.
 
+Simulator extras, for fault tests (each acts on every second status query of the task, the 2nd, 4th, ..., so
+that a client that retries still sees the task end; ``[sim:state=NAME]`` excepted):
+
+- ``[sim:hang=S]``: the query sleeps ``S`` seconds (not scaled by ``time_scale``) before answering, so that a
+  client timeout shorter than ``S`` fires.
+- ``[sim:garbage]``: the query answers HTTP 200 with a body that is not JSON.
+- ``[sim:query=CODE]``: the query answers HTTP ``CODE`` (100-599) with the envelope ``{"code": CODE, ...}`` (429 adds
+  ``Retry-After: 1``; it is not counted in the stats' ``rateLimited``, which counts the limits' own 429s).
+- ``[sim:state=NAME]``: every status query in the first half of the duration reports the unknown state
+  ``NAME`` (jobs: ``state``; Veo: ``successFlag``); ``NAME`` is 1-64 letters, digits, ``_.-``.
+
 Unknown or malformed markers are ignored (they stay plain prompt text). When one directive appears twice the
 last one wins.
 """
@@ -31,6 +42,10 @@ class Directives:
     create_code: int | None = None
     nocallback: bool = False
     flaky: bool = False
+    hang: float | None = None
+    garbage: bool = False
+    query_code: int | None = None
+    state: str | None = None
 
 
 def parse_directives(prompt: str) -> Directives:
@@ -40,6 +55,10 @@ def parse_directives(prompt: str) -> Directives:
     create_code: int | None = None
     nocallback = False
     flaky = False
+    hang: float | None = None
+    garbage = False
+    query_code: int | None = None
+    state: str | None = None
     for match in _MARKER.finditer(prompt):
         name = match.group(1).lower()
         value = match.group(2)
@@ -61,4 +80,31 @@ def parse_directives(prompt: str) -> Directives:
             nocallback = True
         elif name == "flaky" and value is None:
             flaky = True
-    return Directives(seconds=seconds, fail_code=fail_code, create_code=create_code, nocallback=nocallback, flaky=flaky)
+        elif name == "hang" and value and _number(value) is not None:
+            hang = _number(value)
+        elif name == "garbage" and value is None:
+            garbage = True
+        elif name == "query" and value and value.isdigit() and 100 <= int(value) <= 599:
+            query_code = int(value)
+        elif name == "state" and value and _FAIL_CODE.fullmatch(value):
+            state = value
+    return Directives(
+        seconds=seconds,
+        fail_code=fail_code,
+        create_code=create_code,
+        nocallback=nocallback,
+        flaky=flaky,
+        hang=hang,
+        garbage=garbage,
+        query_code=query_code,
+        state=state,
+    )
+
+
+def _number(value: str) -> float | None:
+    """``value`` as a finite number >= 0, or None."""
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) and number >= 0 else None

@@ -67,6 +67,10 @@ class SimTask:
     callback_url: str | None = None
     nocallback: bool = False
     flaky: bool = False
+    hang: float | None = None  # the extras of sim.directives: hang, garbage, query code, unknown state
+    garbage: bool = False
+    query_code: int | None = None
+    unknown_state: str | None = None
     queries: int = 0
 
     @property
@@ -100,6 +104,13 @@ class SimTask:
         if now >= self.generating_at:
             return "generating"
         return "waiting"
+
+    def reported_state(self, now: float) -> str:
+        """The state a status query shows at ``now``: ``unknown_state`` during the first half of the duration
+        when a ``[sim:state=NAME]`` directive asked for it, else :meth:`state`."""
+        if self.unknown_state is not None and now < self.created_at + self.duration / 2:
+            return self.unknown_state
+        return self.state(now)
 
     def progress(self, now: float) -> int:
         """0-99 while running (share of the duration elapsed), 100 once done."""

@@ -398,6 +398,62 @@ class TestDirectives:
         assert [(await sim.veo_record(veo_id)).status_code for _ in range(2)] == [200, 500]
         assert (await sim.stats())["tasks"][task_id]["queries"] == 6
 
+    def test_parse_fault_extras(self) -> None:
+        parsed = parse_directives("x [sim:hang=2.5] [sim:garbage] [sim:query=455] [sim:state=paused]")
+        assert parsed == Directives(hang=2.5, garbage=True, query_code=455, state="paused")
+        malformed = "[sim:hang=x] [sim:hang=-1] [sim:query=abc] [sim:query=999] [sim:state=] [sim:garbage=1]"
+        assert parse_directives(malformed) == Directives()
+
+    async def test_hang_delays_every_second_query(self, sim: Sim) -> None:
+        task_id = await sim.create_id("[sim:hang=0.6] [sim:seconds=100]")
+        started = time.monotonic()
+        assert (await sim.record(task_id)).status_code == 200
+        assert time.monotonic() - started < 0.3
+        with pytest.raises(httpx.ReadTimeout):  # a client timeout shorter than the hang fires
+            await sim.http.get("/api/v1/jobs/recordInfo", params={"taskId": task_id}, headers=_auth(KEY), timeout=0.2)
+        assert (await sim.data(task_id))["state"] == "waiting"  # the 3rd query answers at once
+        started = time.monotonic()
+        slow = await sim.record(task_id)  # the 4th waits, then answers normally
+        assert time.monotonic() - started >= 0.55
+        assert slow.json()["code"] == 200
+        assert (await sim.stats())["tasks"][task_id]["queries"] == 4
+
+    async def test_garbage_answers_non_json_every_second_query(self, sim: Sim) -> None:
+        task_id = await sim.create_id("[sim:garbage] [sim:seconds=1]")  # 0.05 s
+        await asyncio.sleep(0.1)
+        answers = [await sim.record(task_id) for _ in range(4)]
+        assert [a.status_code for a in answers] == [200] * 4
+        for odd in answers[0::2]:
+            assert odd.json()["data"]["state"] == "success"
+        for even in answers[1::2]:
+            with pytest.raises(ValueError, match="Expecting value"):
+                json.loads(even.content)
+
+    @pytest.mark.parametrize("code", [455, 429, 503])
+    async def test_query_code_answers_the_http_status_every_second_query(self, sim: Sim, code: int) -> None:
+        task_id = await sim.create_id(f"[sim:query={code}] [sim:seconds=100]")
+        answers = [await sim.record(task_id) for _ in range(4)]
+        assert [a.status_code for a in answers] == [200, code, 200, code]
+        assert [a.json()["code"] for a in answers] == [200, code, 200, code]
+        assert answers[1].json()["msg"]
+        assert answers[1].json()["data"] is None
+        assert answers[1].headers.get("Retry-After") == ("1" if code == 429 else None)
+        veo_id = await sim.veo_id(f"[sim:query={code}]")
+        assert [(await sim.veo_record(veo_id)).status_code for _ in range(2)] == [200, code]
+        assert (await sim.stats())["rateLimited"] == 0  # only the limits' own 429s are counted
+
+    async def test_state_reports_an_unknown_state_for_the_first_half(self, sim: Sim) -> None:
+        task_id = await sim.create_id("[sim:state=paused] [sim:seconds=8]")  # 0.4 s
+        veo_id = await sim.veo_id("[sim:state=paused] [sim:seconds=8]")
+        assert (await sim.data(task_id))["state"] == "paused"
+        assert (await sim.veo_data(veo_id))["successFlag"] == "paused"
+        await asyncio.sleep(0.25)
+        assert (await sim.data(task_id))["state"] == "generating"
+        assert (await sim.veo_data(veo_id))["successFlag"] == 0
+        await asyncio.sleep(0.2)
+        assert (await sim.data(task_id))["state"] == "success"
+        assert (await sim.stats())["tasks"][task_id]["state"] == "success"
+
 
 # -- validation --
 

@@ -99,21 +99,37 @@ async def step(ctx: dict[str, Any], task_id: str, poked: bool = False) -> str:
         async with asyncio.timeout(step_budget(rt.settings.kie_timeout)):
             status = await _step(rt, task_id, poked, int(ctx.get("job_try") or 1))
     except Retry:
-        rt.outage_streak = 0
+        _outage_over(rt)
         raise
     except _OUTAGES as e:
         # An outage (or the step's time budget ran out): one terse line, look again once it may be over.
-        rt.outage_streak += 1
-        delay = schedule.backoff(rt.outage_streak, base=1.0, cap=30.0)
+        delay = _outage_backoff(rt, base=1.0, cap=30.0)
         log.warning("step.unavailable", task_id=task_id, error=f"{type(e).__name__}: {e}", retry_in=round(delay, 1))
         raise Retry(defer=delay) from None
     except Exception:
-        rt.outage_streak += 1
-        delay = schedule.backoff(rt.outage_streak, base=2.0, cap=60.0)
+        delay = _outage_backoff(rt, base=2.0, cap=60.0)
         log.exception("step.error", task_id=task_id, retry_in=round(delay, 1))
         raise Retry(defer=delay) from None
-    rt.outage_streak = 0
+    _outage_over(rt)
     return status
+
+
+def _outage_backoff(rt: Runtime, base: float, cap: float) -> float:
+    """The delay before a step that failed in an outage runs again: uniform in [d/2, d], d = the outage's age
+    so far / 2, at least ``base``, at most ``cap``. It grows with how long the outage has lasted, not with how
+    many steps met it: with many tasks in flight a count of failures reaches the cap within a second or two, and
+    every task would then sit out the cap after the service came back. So a task resumes within about half the
+    outage's length (or ``cap``) after its end."""
+    now = time.monotonic()
+    if rt.outage_since is None:
+        rt.outage_since = now
+    d = min(cap, max(base, (now - rt.outage_since) / 2))
+    return random.uniform(d / 2, d)
+
+
+def _outage_over(rt: Runtime) -> None:
+    """A step got through: the outage, if any, is over."""
+    rt.outage_since = None
 
 
 async def _step(rt: Runtime, task_id: str, poked: bool, job_try: int) -> str:

@@ -32,8 +32,8 @@ class Runtime:
     circuit: Circuit
     prices: pricing.Pricing
     owns_pool: bool = True
-    # Consecutive steps that found Postgres or Redis down in this process: the backoff of the next retry.
-    outage_streak: int = 0
+    # When this process's steps began to find Postgres or Redis down: retries back off with the outage's age.
+    outage_since: float | None = None  # time.monotonic()
     background: list[asyncio.Task[Any]] = field(default_factory=list)
 
     def model(self, task: asyncpg.Record) -> pricing.Model:
