@@ -9,8 +9,8 @@ saying which and how to start it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +29,7 @@ from shared.config import Settings
 from shared.ledger import accounts
 from shared.migrate import migrate
 from tests import preflight
+from tests.apiserver import Api, free_port, serve
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = os.environ.get("CREDITQ_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -41,12 +42,6 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     problems = preflight.missing()
     if problems:
         pytest.exit("; ".join(problems), returncode=3)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
@@ -123,6 +118,26 @@ async def redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
     r = aioredis.Redis.from_url(settings.redis_url)
     yield r
     await r.aclose()
+
+
+@pytest.fixture(scope="module")
+def api_settings(settings: Settings) -> Settings:
+    """The settings of the in-process API: a queue name of its own, so no worker ever sees its tasks."""
+    return dataclasses.replace(settings, queue_name=f"{settings.queue_name}:api")
+
+
+@pytest.fixture(scope="module")
+async def api(api_settings: Settings) -> AsyncIterator[Api]:
+    """The API served in-process over real HTTP for this module, connected before its first test."""
+    async with serve(api_settings) as served:
+        await served.app.state.services.db()
+        await served.app.state.services.arq()
+        yield served
+
+
+@pytest.fixture
+def client(api: Api) -> httpx.AsyncClient:
+    return api.client
 
 
 MakeAccount = Callable[..., Awaitable[tuple[accounts.Account, str]]]

@@ -7,11 +7,8 @@ import uuid
 import asyncpg
 import httpx
 
-from tests import test_api_support as support
+from tests.apiserver import ADMIN, balance, bearer, error_of, job
 from tests.conftest import MakeAccount
-from tests.test_api_support import ADMIN, balance, bearer, error_of, job
-
-api_settings_fixture, api_fixture, client_fixture = support.FIXTURES
 
 VIEW_FIELDS = {"accountId", "externalId", "tier", "status", "balance", "held", "available", "limits"}
 

@@ -17,11 +17,8 @@ from starlette.routing import Route
 
 from api.app import create_app
 from shared.config import Settings
-from tests import test_api_support as support
-from tests.conftest import MakeAccount, free_port
-from tests.test_api_support import ADMIN, VIDEO, balance, bearer, error_of, job, serve
-
-api_settings_fixture, api_fixture, client_fixture = support.FIXTURES
+from tests.apiserver import ADMIN, VIDEO, balance, bearer, error_of, free_port, job, serve
+from tests.conftest import MakeAccount
 
 
 class TestInvalidJson:

@@ -12,11 +12,8 @@ import httpx
 import redis.asyncio as aioredis
 
 from shared.config import Settings
-from tests import test_api_support as support
-from tests.conftest import MakeAccount, free_port
-from tests.test_api_support import Api, bearer, error_of, serve
-
-api_settings_fixture, api_fixture, client_fixture = support.FIXTURES
+from tests.apiserver import Api, bearer, error_of, free_port, serve
+from tests.conftest import MakeAccount
 
 
 async def test_healthz(client: httpx.AsyncClient) -> None:

@@ -18,11 +18,8 @@ import redis.asyncio as aioredis
 from shared import queue
 from shared.config import Settings
 from shared.ledger import tasks
-from tests import test_api_support as support
+from tests.apiserver import IMAGE, VIDEO, Api, balance, bearer, error_of, job, serve, task_count
 from tests.conftest import MakeAccount
-from tests.test_api_support import IMAGE, VIDEO, Api, balance, bearer, error_of, job, serve, task_count
-
-api_settings_fixture, api_fixture, client_fixture = support.FIXTURES
 
 PUBLIC_IP = "93.184.216.34"
 

@@ -9,11 +9,8 @@ import httpx
 import pytest
 
 from shared.config import Settings
-from tests import test_api_support as support
-from tests.conftest import Proc, Processes, free_port
-from tests.test_api_support import ADMIN, bearer, job
-
-api_settings_fixture = support.FIXTURES[0]
+from tests.apiserver import ADMIN, bearer, free_port, job
+from tests.conftest import Proc, Processes
 
 pytestmark = pytest.mark.slow
 

@@ -9,11 +9,8 @@ import asyncpg
 import httpx
 import pytest
 
-from tests import test_api_support as support
+from tests.apiserver import ADMIN, balance, bearer, error_of, job
 from tests.conftest import MakeAccount
-from tests.test_api_support import ADMIN, balance, bearer, error_of, job
-
-api_settings_fixture, api_fixture, client_fixture = support.FIXTURES
 
 
 async def test_moves_credits_and_writes_both_entries(

@@ -21,11 +21,8 @@ from shared import limits
 from shared.config import Settings
 from shared.errors import RateLimited, Unavailable
 from shared.pricing import Tier
-from tests import test_api_support as support
-from tests.conftest import MakeAccount, free_port
-from tests.test_api_support import IMAGE, VIDEO, balance, bearer, error_of, job, task_count
-
-api_settings_fixture, api_fixture, client_fixture = support.FIXTURES
+from tests.apiserver import ADMIN, IMAGE, VIDEO, balance, bearer, error_of, free_port, job, task_count
+from tests.conftest import MakeAccount
 
 FREE = Tier("free", 0, daily_jobs=10, concurrent_jobs=2, cooldown_seconds={"video": 180})
 UNLIMITED = Tier("pro", 0, daily_jobs=0, concurrent_jobs=0, cooldown_seconds={})
@@ -128,7 +125,7 @@ class TestThroughTheApi:
         for i in range(2):
             await client.post("/v1/jobs", json=job(f"{i}"), headers=bearer(key))
         error_of(await client.post("/v1/jobs", json=job("x"), headers=bearer(key)), 429, "rate_limited")
-        await client.patch(f"/v1/admin/accounts/{account.id}", json={"tier": "pro"}, headers=support.ADMIN)
+        await client.patch(f"/v1/admin/accounts/{account.id}", json={"tier": "pro"}, headers=ADMIN)
         assert (await client.post("/v1/jobs", json=job("x"), headers=bearer(key))).status_code == 202
 
 

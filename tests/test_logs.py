@@ -21,7 +21,8 @@ import structlog
 from shared.config import Settings
 from shared.ledger import tasks
 from shared.logging import configure
-from tests.conftest import Proc, Processes, free_port
+from tests.apiserver import free_port
+from tests.conftest import Proc, Processes
 
 ADMIN_TOKEN = "admin-secret"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

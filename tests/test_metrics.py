@@ -18,7 +18,8 @@ from prometheus_client.samples import Sample
 
 from shared import metrics
 from shared.ledger.stats import Gauges
-from tests.conftest import Processes, free_port
+from tests.apiserver import free_port
+from tests.conftest import Processes
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
 IMAGE = "google/nano-banana"  # cost 4

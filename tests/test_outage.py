@@ -31,7 +31,8 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.conftest import Processes, free_port
+from tests.apiserver import free_port
+from tests.conftest import Processes
 
 IMAGE = "google/nano-banana"  # cost 4
 ADMIN = {"Authorization": "Bearer admin-secret"}  # conftest's base_env CREDITQ_ADMIN_TOKEN

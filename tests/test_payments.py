@@ -25,7 +25,8 @@ from shared.config import Settings
 from shared.ledger import audit, payments
 from shared.pricing import Pricing, load
 from shared.signature import sign
-from tests.conftest import MakeAccount, Processes, free_port
+from tests.apiserver import free_port
+from tests.conftest import MakeAccount, Processes
 
 SECRET = "whsec_test"  # conftest's PAYMENTS_WEBHOOK_SECRET
 ADMIN = {"Authorization": "Bearer admin-secret"}  # conftest's CREDITQ_ADMIN_TOKEN

@@ -26,7 +26,8 @@ from shared.config import Settings
 from shared.ledger import audit, tasks
 from shared.pricing import Model, load
 from shared.ratelimit import Circuit
-from tests.conftest import MakeAccount, Processes, free_port
+from tests.apiserver import free_port
+from tests.conftest import MakeAccount, Processes
 from worker import jobs, schedule
 from worker.runtime import Runtime, close_runtime, open_runtime
 

@@ -1,33 +1,36 @@
-"""Shared fixtures of the ``test_api_*`` and ``test_limits`` modules (each binds ``FIXTURES`` to names of its own): the API served
-in-process by a real uvicorn on a free port, and an httpx client for it.
+"""The API served in-process by a real uvicorn on a free port, an httpx client for it, and the helpers of the API
+tests (the fixtures ``api_settings``, ``api`` and ``client`` in conftest.py use it).
 
 Everything is real except the process boundary: Postgres, Redis and HTTP. These tests use their own queue name
 (``<session queue>:api``), so no worker started by other tests ever sees their tasks, which therefore stay
-``queued`` until a test moves them. Holds no tests itself.
-"""
+``queued`` until a test moves them."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
+import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 import httpx
-import pytest
 import uvicorn
 from starlette.applications import Starlette
 
 from api.app import create_app
 from shared.config import Settings
-from tests.conftest import free_port
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
 IMAGE = "google/nano-banana"  # cost 4
 VIDEO = "kling/v2-1-standard"  # cost 60
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -73,29 +76,6 @@ async def serve(settings: Settings, app: Starlette | None = None) -> AsyncIterat
     finally:
         server.should_exit = True
         await task
-
-
-@pytest.fixture(name="api_settings", scope="module")
-def api_settings_fixture(settings: Settings) -> Settings:
-    return dataclasses.replace(settings, queue_name=f"{settings.queue_name}:api")
-
-
-@pytest.fixture(name="api", scope="module")
-async def api_fixture(api_settings: Settings) -> AsyncIterator[Api]:
-    async with serve(api_settings) as served:
-        # Connected before the first test, so that no test measures the first connect.
-        await served.app.state.services.db()
-        await served.app.state.services.arq()
-        yield served
-
-
-@pytest.fixture(name="client")
-def client_fixture(api: Api) -> httpx.AsyncClient:
-    return api.client
-
-
-# What each test module using these fixtures assigns to module names of its own, so that pytest finds them there.
-FIXTURES = (api_settings_fixture, api_fixture, client_fixture)
 
 
 async def balance(pool: asyncpg.Pool, account_id: str) -> tuple[int, int]:
