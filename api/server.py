@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from typing import Any
 
 import uvicorn
 
@@ -19,33 +20,22 @@ def serve(settings: Settings, host: str, port: int, workers: int = 1) -> int:
     Logging is the process's own (shared.logging); uvicorn's access log is off."""
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    # Several processes need an import string to build the app in each; one process takes the app itself.
+    target: Any = "api.app:create_app_from_env" if workers > 1 else create_app(settings)
     try:
-        if workers > 1:
-            uvicorn.run(
-                "api.app:create_app_from_env",
-                factory=True,
-                workers=workers,
-                host=host,
-                port=port,
-                loop=loop,
-                http=http,
-                log_config=None,
-                access_log=False,
-                server_header=False,
-                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-            )
-        else:
-            uvicorn.run(
-                create_app(settings),
-                host=host,
-                port=port,
-                loop=loop,
-                http=http,
-                log_config=None,
-                access_log=False,
-                server_header=False,
-                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-            )
+        uvicorn.run(
+            target,
+            factory=workers > 1,
+            workers=workers,
+            host=host,
+            port=port,
+            loop=loop,
+            http=http,
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        )
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 1
     return 0
