@@ -49,7 +49,7 @@ def fixers(settings: Settings) -> dict[str, Fixer]:
             return None
         if task["status"] in tasks.LIVE:
             return None
-        # A task's hold has the task's id (cq_submit_task).
+        # A task's hold has the task's id (cq_submit_batch).
         if task["status"] == "succeeded":
             hold = await money.capture(pool, p.taskId, int(task["cost"]))
         else:
