@@ -18,43 +18,43 @@ from shared.ledger.audit import Fixer, Problem
 from shared.pricing import Pricing, load
 
 
+async def _task_of(pool: asyncpg.Pool, p: Problem) -> asyncpg.Record | None:
+    """The task a problem names, or None (no task named, or gone)."""
+    if p.taskId is None:
+        return None
+    try:
+        return await tasks.get(pool, p.taskId)
+    except NotFound:
+        return None
+
+
 def fixers(settings: Settings) -> dict[str, Fixer]:
     """The audit's repairs by problem kind. Each is idempotent and returns a line saying what it did, or None
     when there is nothing (left) to do. Raises Unavailable."""
 
     async def stuck_task(pool: asyncpg.Pool, p: Problem) -> str | None:
-        if p.taskId is None:
-            return None
-        try:
-            task = await tasks.get(pool, p.taskId)
-        except NotFound:
-            return None
-        if task["status"] not in tasks.LIVE:
+        task = await _task_of(pool, p)
+        if task is None or task["status"] not in tasks.LIVE:
             return None
         _, changed = await tasks.finish(
             pool,
-            p.taskId,
+            task["id"],
             "failed",
             error_code="provider_timeout",
             error_message="the provider had not finished the task by its deadline",
         )
-        return f"task {p.taskId}: failed provider_timeout, hold released" if changed else None
+        return f"task {task['id']}: failed provider_timeout, hold released" if changed else None
 
     async def open_hold_on_terminal_task(pool: asyncpg.Pool, p: Problem) -> str | None:
-        if p.taskId is None:
-            return None
-        try:
-            task = await tasks.get(pool, p.taskId)
-        except NotFound:
-            return None
-        if task["status"] in tasks.LIVE:
+        task = await _task_of(pool, p)
+        if task is None or task["status"] in tasks.LIVE:
             return None
         # A task's hold has the task's id (cq_submit_batch).
         if task["status"] == "succeeded":
-            hold = await money.capture(pool, p.taskId, int(task["cost"]))
+            hold = await money.capture(pool, task["id"], int(task["cost"]))
         else:
-            hold = await money.release(pool, p.taskId)
-        return f"task {p.taskId} ({task['status']}): hold {hold['status']}"
+            hold = await money.release(pool, task["id"])
+        return f"task {task['id']} ({task['status']}): hold {hold['status']}"
 
     _ = settings  # the repairs need nothing from the settings today; the signature lets them grow
     return {"stuck_task": stuck_task, "open_hold_on_terminal_task": open_hold_on_terminal_task}
