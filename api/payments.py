@@ -21,17 +21,13 @@ turns into ``{"error": {"code", "message", ...}}``.
 
 from __future__ import annotations
 
-import json
-import math
-from typing import Any
-
 import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from api.auth import require_admin
-from api.requests import InvalidJson, query_limit, read_body
+from api.requests import parse_object, query_limit, read_body
 from api.services import services
 from shared import db, metrics
 from shared.errors import CreditqError, NotFound, UnappliedEvent
@@ -41,29 +37,6 @@ from shared.signature import HEADER, parse_secrets, verify
 log = structlog.get_logger()
 
 EVENTS = metrics.PAYMENT_EVENTS  # defined with every other metric, in shared.metrics
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"number out of range: {text[:20]}")
-    return value
-
-
-def _no_constants(text: str) -> Any:
-    raise ValueError(f"{text} is not JSON")
-
-
-def parse_object(body: bytes) -> dict[str, Any]:
-    """The body as a JSON object. Raises InvalidJson for anything else, including NaN/Infinity and numbers
-    that overflow a float (Postgres' jsonb would refuse to store them) and nesting too deep to parse. Pure."""
-    try:
-        value = json.loads(body, parse_float=_finite, parse_constant=_no_constants)
-    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise InvalidJson(f"the body is not valid JSON: {str(e)[:120]}") from None
-    if not isinstance(value, dict):
-        raise InvalidJson("the body must be a JSON object")
-    return value
 
 
 def _unapplied(outcome: payments.Outcome) -> UnappliedEvent:

@@ -9,29 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal, overload
 
 from starlette.requests import Request
 
-from shared.errors import CreditqError, InvalidInput
+from shared.errors import InvalidInput, InvalidJson, PayloadTooLarge
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_ID_LENGTH = 200
 MAX_KEY_LENGTH = 255
 # Ints beyond this are mistakes (and near the edge of Postgres's bigint): refused as out of range.
 MAX_INT = 2**53 - 1
-
-
-class PayloadTooLarge(CreditqError):
-    status = 413
-    code = "payload_too_large"
-
-
-class InvalidJson(CreditqError):
-    status = 400
-    code = "invalid_json"
 
 
 async def read_body(request: Request) -> bytes:
@@ -47,12 +38,31 @@ async def read_body(request: Request) -> bytes:
     return bytes(body)
 
 
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number out of range: {text[:20]}")
+    return value
+
+
+def _no_constants(text: str) -> Any:
+    raise ValueError(f"{text} is not JSON")
+
+
+def parse_object(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object. Raises InvalidJson for anything else, including NaN/Infinity and numbers
+    that overflow a float (Postgres' jsonb would refuse to store them) and nesting too deep to parse. Pure."""
+    try:
+        value = json.loads(body, parse_float=_finite, parse_constant=_no_constants)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise InvalidJson(f"the body is not valid JSON: {str(e)[:120]}") from None
+    if not isinstance(value, dict):
+        raise InvalidJson("the body must be a JSON object")
+    return value
 
 
 async def json_object(request: Request, *, optional: bool = False) -> dict[str, Any]:
-    """The body as a JSON object. With ``optional``, an empty body is ``{}``.
+    """The body as a JSON object (see :func:`parse_object`). With ``optional``, an empty body is ``{}``.
 
     Raises PayloadTooLarge (over 64 KiB), InvalidJson (not JSON, NaN/Infinity, or not an object).
     """
@@ -61,13 +71,7 @@ async def json_object(request: Request, *, optional: bool = False) -> dict[str, 
         if optional:
             return {}
         raise InvalidJson("the body must be a JSON object")
-    try:
-        value = json.loads(raw, parse_constant=_no_constants)
-    except (ValueError, RecursionError) as e:
-        raise InvalidJson(f"the body is not valid JSON: {e}") from None
-    if not isinstance(value, dict):
-        raise InvalidJson("the body must be a JSON object")
-    return value
+    return parse_object(raw)
 
 
 def request_hash(body: Mapping[str, Any]) -> str:

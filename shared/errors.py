@@ -6,6 +6,8 @@ class whether to retry. Nothing else is raised on purpose.
 
     CreditqError
     ├── ConfigError              a missing or malformed setting (one line, names the variable)
+    ├── InvalidJson              the body is not JSON, or not an object                 400 invalid_json
+    ├── PayloadTooLarge          the body is over 64 KiB                                413 payload_too_large
     ├── Unavailable              Postgres or Redis unreachable                          503 unavailable
     ├── InvalidInput             bad amounts, unknown model, wrong types                422 validation_error
     ├── Unauthenticated          no key, unknown key                                    401 unauthenticated
@@ -46,6 +48,16 @@ class ConfigError(CreditqError):
     """A setting is missing or malformed. The message names the variable."""
 
     code = "config_error"
+
+
+class InvalidJson(CreditqError):
+    status = 400
+    code = "invalid_json"
+
+
+class PayloadTooLarge(CreditqError):
+    status = 413
+    code = "payload_too_large"
 
 
 class Unavailable(CreditqError):

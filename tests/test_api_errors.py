@@ -22,7 +22,20 @@ from tests.conftest import MakeAccount
 
 
 class TestInvalidJson:
-    @pytest.mark.parametrize("content", [b"not json", b"[1, 2]", b'"text"', b"", b"{", b'{"a": NaN}', b"\xff\xfe"])
+    @pytest.mark.parametrize(
+        "content",
+        [
+            b"not json",
+            b"[1, 2]",
+            b'"text"',
+            b"",
+            b"{",
+            b'{"a": NaN}',
+            b"\xff\xfe",
+            # A float that overflows: Postgres' jsonb could not store it, so it must be refused here, not a 500.
+            b'{"model": "google/nano-banana", "input": {"prompt": "p", "strength": 1e999}}',
+        ],
+    )
     async def test_not_a_json_object(
         self, client: httpx.AsyncClient, make_account: MakeAccount, content: bytes
     ) -> None:
