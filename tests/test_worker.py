@@ -421,6 +421,42 @@ def test_schedule_with_callbacks() -> None:
         assert 30.0 <= schedule.next_check(1000, True, rnd) <= 60.0
 
 
+def test_schedule_stretches_with_running_tasks() -> None:
+    """One round of polls of every running task fits in half the provider's query budget."""
+    rnd = random.Random(7)
+    for _ in range(200):
+        # 10,000 running, 10 queries/s, half of them for polls: a round takes 2,000 s.
+        assert 2000.0 <= schedule.next_check(1000, True, rnd, running=10_000, query_limit=10) <= 3000.0
+        assert 2000.0 <= schedule.next_check(10, False, rnd, running=10_000, query_limit=10) <= 3000.0
+        # A few running tasks change nothing.
+        assert 2.0 <= schedule.next_check(10, False, rnd, running=5, query_limit=10) <= 3.0
+
+
+async def test_last_look_at_the_deadline(
+    procs: Processes, runtime: Runtime, pool: asyncpg.Pool, settings: Settings, make_account: MakeAccount
+) -> None:
+    """At the deadline a running task gets one last status query: one that succeeded since its last poll is
+    captured, not refunded unseen; one still pending is refunded (provider_timeout)."""
+    sim = procs.sim("--time-scale", "0.01")
+    rt = dataclasses.replace(runtime, settings=dataclasses.replace(runtime.settings, kie_base_url=sim.url))
+    rt.provider = type(runtime.provider)(rt.settings, rt.http)
+    acct, _ = await make_account(credits=10, tier="pro")
+    done = await submit(pool, None, settings, acct.id, "done [sim:seconds=1]", enqueue=False)
+    slow = await submit(pool, None, settings, acct.id, "slow [sim:seconds=100000]", enqueue=False)
+    for task_id in (done, slow):
+        await _run_step(rt, task_id)
+        assert (await tasks.get(pool, task_id))["status"] == "running"
+    await asyncio.sleep(0.1)  # the provider has finished `done` (1 s x 0.01)
+    await pool.execute("UPDATE tasks SET deadline_at = now() - interval '1 second' WHERE id = ANY($1)", [done, slow])
+    assert await _run_step(rt, done) == "succeeded"
+    assert await _run_step(rt, slow) == "failed"
+    assert (await tasks.get(pool, slow))["error_code"] == "provider_timeout"
+    assert await entries(pool, done) == ["hold", "capture"]
+    assert await entries(pool, slow) == ["hold", "release"]
+    assert await account_state(pool, acct.id) == (6, 0)
+    await clean_audit(pool, [acct.id])
+
+
 def test_backoff_and_deadline_bound() -> None:
     rnd = random.Random(7)
     assert [round(schedule.backoff(n, rnd=random.Random(0)) * 2) >= 2 ** (n - 1) for n in (1, 2, 3)] == [True] * 3

@@ -50,6 +50,7 @@ from redis.exceptions import RedisError
 from shared import db, metrics
 from shared.errors import (
     NotFound,
+    ProviderError,
     ProviderOutOfCredits,
     ProviderPermanent,
     ProviderTransient,
@@ -142,9 +143,10 @@ async def _step(rt: Runtime, task_id: str, poked: bool, job_try: int) -> str:
     if task["status"] in tasks.TERMINAL:
         await _release_limits(rt, task)
         return str(task["status"])
-    if _until(task["deadline_at"]) <= 0:
-        return await expire(rt, task, tlog)
     model = rt.model(task)
+    if _until(task["deadline_at"]) <= 0:
+        ended = await _last_look(rt, task, model, tlog)
+        return ended or await expire(rt, task, tlog)
     if task["status"] == "queued":
         return await _submit(rt, task, model, tlog)
     return await _poll(rt, task, model, tlog, poked, job_try)
@@ -341,12 +343,39 @@ async def _apply(rt: Runtime, task: asyncpg.Record, st: ProviderStatus, tlog: Lo
         if job_try <= POKE_RECHECKS:
             _retry(task, random.uniform(2.0, 3.0))
         return "running"
-    delay = schedule.bounded(schedule.next_check(age, rt.settings.callbacks_enabled), _until(task["deadline_at"]))
+    delay = schedule.bounded(
+        schedule.next_check(
+            age, rt.settings.callbacks_enabled, running=rt.running_estimate, query_limit=rt.settings.kie_query_limit
+        ),
+        _until(task["deadline_at"]),
+    )
     await tasks.schedule(rt.pool, task["id"], _at(delay), polled=True)
     raise Retry(defer=delay)
 
 
 # --- endings --------------------------------------------------------------------------------------------------
+
+
+async def _last_look(rt: Runtime, task: asyncpg.Record, model: Model, tlog: Log) -> str | None:
+    """At the deadline, one last status query of a task the provider has: a generation that ended since the
+    last poll is settled by its real outcome (captured if it succeeded) instead of being refunded unseen. None
+    when the provider cannot say now (no budget, an error, still pending): the caller then expires the task."""
+    if task["status"] != "running" or task["provider_task_id"] is None:
+        return None
+    token = rt.budget.new_token()
+    if await _take(rt, "query", QUERY_TOKEN_WAIT, token) > 0:
+        return None
+    try:
+        try:
+            st = await rt.provider.status(model, task["provider_task_id"])
+        finally:
+            await _done(rt, "query", token)
+    except ProviderError as e:
+        tlog.info("task.last_look_failed", error=e.message)
+        return None
+    if st.state == "pending":
+        return None
+    return await _apply(rt, task, st, tlog, poked=True, job_try=1)
 
 
 async def expire(rt: Runtime, task: asyncpg.Record, tlog: Log | None = None) -> str:

@@ -34,6 +34,8 @@ class Runtime:
     owns_pool: bool = True
     # When this process's steps began to find Postgres or Redis down: retries back off with the outage's age.
     outage_since: float | None = None  # time.monotonic()
+    # Tasks running at the provider (all workers), refreshed every sweep interval: stretches the poll schedule.
+    running_estimate: int = 0
     background: list[asyncio.Task[Any]] = field(default_factory=list)
 
     def model(self, task: asyncpg.Record) -> pricing.Model:

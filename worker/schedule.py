@@ -6,6 +6,11 @@ callback: the first near the model's typical duration, then every 30-60 s. Every
 tasks submitted together do not poll together, and none runs past the task's deadline (the step there settles).
 ``age`` is measured from the task's submission, so time spent queued counts: a task that waited long for a create
 token is polled a little less eagerly, which is harmless.
+
+The provider allows ``KIE_QUERY_LIMIT`` status queries a second for all workers together, so the schedule also
+stretches with the number of tasks running: one round of polls of every running task must fit in half that budget
+(the other half is for callbacks' checks and fresh tasks). Else 10,000 tasks polled every 30-60 s would want
+170-330 queries a second against 10, and the steps would spin on an empty budget.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import random
 
 # How long a create call may be in flight before its intent is presumed dead (the worker crashed mid-call).
 INTENT_GRACE_SECONDS = 5.0
+# The share of the provider's query budget that scheduled polls may plan to use.
+POLL_SHARE = 0.5
 
 
 def first_check(callbacks: bool, typical_seconds: float, rnd: random.Random | None = None) -> float:
@@ -24,16 +31,26 @@ def first_check(callbacks: bool, typical_seconds: float, rnd: random.Random | No
     return r.uniform(2.0, 3.0)
 
 
-def next_check(age: float, callbacks: bool, rnd: random.Random | None = None) -> float:
-    """Seconds until the next status query of a task still pending ``age`` seconds after submission."""
+def next_check(
+    age: float,
+    callbacks: bool,
+    rnd: random.Random | None = None,
+    running: int = 0,
+    query_limit: int = 10,
+) -> float:
+    """Seconds until the next status query of a task still pending ``age`` seconds after submission, with
+    ``running`` tasks at the provider sharing ``query_limit`` queries a second."""
     r = rnd or random
     if callbacks:
-        return r.uniform(30.0, 60.0)
-    if age < 30.0:
-        return r.uniform(2.0, 3.0)
-    if age < 120.0:
-        return r.uniform(5.0, 10.0)
-    return r.uniform(15.0, 30.0)
+        delay = r.uniform(30.0, 60.0)
+    elif age < 30.0:
+        delay = r.uniform(2.0, 3.0)
+    elif age < 120.0:
+        delay = r.uniform(5.0, 10.0)
+    else:
+        delay = r.uniform(15.0, 30.0)
+    round_of_polls = running / (max(1, query_limit) * POLL_SHARE)
+    return max(delay, round_of_polls * r.uniform(1.0, 1.5))
 
 
 def backoff(attempt: int, base: float = 1.0, cap: float = 60.0, rnd: random.Random | None = None) -> float:

@@ -39,6 +39,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     rt = await open_runtime(settings, ctx["redis"], ctx.get("pool"))
     rt.background.append(asyncio.create_task(sweeper.sweeper_loop(rt), name="creditq-sweeper"))
     rt.background.append(asyncio.create_task(sweeper.credit_poll_loop(rt), name="creditq-credit-poll"))
+    rt.background.append(asyncio.create_task(sweeper.running_count_loop(rt), name="creditq-running-count"))
     rt.background.append(asyncio.create_task(observe.metrics_push_loop(rt), name="creditq-metrics"))
     rt.background.append(asyncio.create_task(observe.provider_credit_loop(rt), name="creditq-credit-balance"))
     rt.background.append(asyncio.create_task(observe.audit_loop(rt), name="creditq-audit"))

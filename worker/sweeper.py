@@ -72,6 +72,19 @@ async def sweeper_loop(rt: Runtime) -> None:
         await asyncio.sleep(tick)
 
 
+async def running_count_loop(rt: Runtime) -> None:
+    """Refresh ``rt.running_estimate`` (tasks running at the provider, all workers) every sweep interval, for the
+    poll schedule's share of the provider's query budget. Runs until cancelled; an outage keeps the last value."""
+    while True:
+        try:
+            rt.running_estimate = await tasks.count_running(rt.pool)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.warning("running_count.failed", error=f"{type(e).__name__}: {e}")
+        await asyncio.sleep(rt.settings.sweep_seconds)
+
+
 async def credit_poll_loop(rt: Runtime) -> None:
     """While the out-of-credits circuit is open, one worker at a time polls the provider's balance every few
     seconds and closes the circuit once there are credits. Runs until cancelled. (The balance shown on

@@ -355,6 +355,11 @@ async def overdue(conn: Conn, grace_seconds: float, limit: int = 5000) -> list[a
     )
 
 
+async def count_running(conn: Conn) -> int:
+    """How many tasks are running at the provider now (every account, every worker)."""
+    return int(await conn.fetchval("SELECT count(*) FROM tasks WHERE status = 'running'"))
+
+
 async def by_callback(conn: Conn, task_id: str) -> asyncpg.Record | None:
     """The task a provider callback names (its token is checked by the caller in constant time)."""
     return await conn.fetchrow("SELECT * FROM tasks WHERE id = $1", task_id)
