@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import asyncpg
 
@@ -80,23 +80,6 @@ async def connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
         raise Unavailable(f"Postgres is unreachable: {type(e).__name__}: {e}") from e
 
 
-async def run(pool: asyncpg.Pool, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-    """Run ``fn`` on a pooled connection, retrying it once on a serialization failure or a unique-key race
-    (the second try finds the first writer's row), and turning connection errors into Unavailable."""
-    for attempt in range(3):
-        try:
-            async with connection(pool) as conn:
-                return await fn(conn)
-        except (
-            asyncpg.exceptions.SerializationError,
-            asyncpg.exceptions.DeadlockDetectedError,
-            asyncpg.exceptions.UniqueViolationError,
-        ):
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
-
-
 def redact_url(url: str) -> str:
     """The URL without its password, for messages."""
     if "@" not in url:
@@ -105,8 +88,3 @@ def redact_url(url: str) -> str:
     creds, host = rest.rsplit("@", 1)
     user = creds.split(":", 1)[0]
     return f"{scheme}://{user}@{host}" if scheme else f"{user}@{host}"
-
-
-def jsonable(record: asyncpg.Record | None) -> dict[str, Any] | None:
-    """A record as a plain dict (or None)."""
-    return dict(record) if record is not None else None
