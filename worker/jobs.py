@@ -280,14 +280,7 @@ async def _poll(rt: Runtime, task: asyncpg.Record, model: Model, tlog: Log, poke
     try:
         st = await _status(rt, task, model, task["provider_task_id"], tlog, polled=True)
     except ProviderPermanent as e:
-        return await settle(
-            rt,
-            task,
-            "failed",
-            tlog,
-            error_code="provider_failed",
-            error_message=f"the provider refused the status query: {e.message}",
-        )
+        return await _provider_failed(rt, task, tlog, f"the provider refused the status query: {e.message}")
     return await _apply(rt, task, st, tlog, poked, job_try)
 
 
@@ -316,24 +309,12 @@ async def _status(
 async def _apply(rt: Runtime, task: asyncpg.Record, st: ProviderStatus, tlog: Log, poked: bool, job_try: int) -> str:
     if st.state == "succeeded":
         if not st.urls:
-            return await settle(
-                rt,
-                task,
-                "failed",
-                tlog,
-                error_code="provider_failed",
-                error_message="the provider reported success without any result file",
-            )
+            return await _provider_failed(rt, task, tlog, "the provider reported success without any result file")
         return await settle(rt, task, "succeeded", tlog, result={"urls": list(st.urls)})
     if st.state == "failed":
         why = st.fail_message or "no reason given"
-        return await settle(
-            rt,
-            task,
-            "failed",
-            tlog,
-            error_code="provider_failed",
-            error_message=f"the provider failed the task (failCode {st.fail_code or '?'}): {why}",
+        return await _provider_failed(
+            rt, task, tlog, f"the provider failed the task (failCode {st.fail_code or '?'}): {why}"
         )
     age = (_now() - task["created_at"]).total_seconds()
     if poked:
@@ -376,6 +357,11 @@ async def _last_look(rt: Runtime, task: asyncpg.Record, model: Model, tlog: Log)
     if st.state == "pending":
         return None
     return await _apply(rt, task, st, tlog, poked=True, job_try=1)
+
+
+async def _provider_failed(rt: Runtime, task: asyncpg.Record, tlog: Log, message: str) -> str:
+    """The provider ended or refused the task: failed ``provider_failed``, hold released (never resubmitted)."""
+    return await settle(rt, task, "failed", tlog, error_code="provider_failed", error_message=message)
 
 
 async def expire(rt: Runtime, task: asyncpg.Record, tlog: Log | None = None) -> str:

@@ -24,6 +24,7 @@ import structlog
 
 from shared import metrics
 from shared.ledger.audit import audit
+from worker import fleet
 from worker.runtime import Runtime
 
 log = structlog.get_logger("creditq.worker")
@@ -86,18 +87,9 @@ async def poll_credit_balance(rt: Runtime) -> float | None:
 async def provider_credit_loop(rt: Runtime, interval: float = CREDIT_BALANCE_SECONDS) -> None:
     """Poll the provider's balance about every ``interval`` seconds across the fleet, until cancelled."""
     key = credit_balance_key(rt.settings.queue_name)
-    # A little under the interval, so that the next holder's poll is never a whole tick late.
-    lock_ms = max(int(interval * 900), 1)
-    tick = min(5.0, interval / 4)
-    while True:
-        try:
-            if await rt.redis.set(key, "1", nx=True, px=lock_ms):
-                await poll_credit_balance(rt)
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # Redis down: try again next tick
-            log.warning("provider.credits_failed", error=f"{type(e).__name__}: {e}")
-        await asyncio.sleep(tick * random.uniform(0.8, 1.2))
+    await fleet.once_per_interval(
+        rt, key, interval, min(5.0, interval / 4), poll_credit_balance, "provider.credits_failed"
+    )
 
 
 async def run_audit(rt: Runtime) -> int:
@@ -116,14 +108,4 @@ async def run_audit(rt: Runtime) -> int:
 async def audit_loop(rt: Runtime, interval: float = AUDIT_SECONDS) -> None:
     """Run :func:`run_audit` about every ``interval`` seconds across the fleet, until cancelled."""
     key = audit_lock_key(rt.settings.queue_name)
-    lock_ms = max(int(interval * 900), 1)
-    tick = min(10.0, interval / 4)
-    while True:
-        try:
-            if await rt.redis.set(key, "1", nx=True, px=lock_ms):
-                await run_audit(rt)
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # Postgres or Redis down: the next holder tries again
-            log.warning("audit.failed", error=f"{type(e).__name__}: {e}")
-        await asyncio.sleep(tick * random.uniform(0.8, 1.2))
+    await fleet.once_per_interval(rt, key, interval, min(10.0, interval / 4), run_audit, "audit.failed")

@@ -13,14 +13,13 @@ its balance every few seconds and closes the circuit as soon as there is some.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 
 import structlog
 
 from shared import metrics, queue
 from shared.ledger import tasks
-from worker import jobs, observe
+from worker import fleet, jobs, observe
 from worker.runtime import Runtime
 
 log = structlog.get_logger("creditq.worker")
@@ -57,19 +56,8 @@ async def sweep(rt: Runtime) -> tuple[int, int]:
 async def sweeper_loop(rt: Runtime) -> None:
     """Run :func:`sweep` about every ``CREDITQ_SWEEP_SECONDS`` across all workers, until cancelled."""
     interval = rt.settings.sweep_seconds
-    tick = min(1.0, interval / 4)
-    # The lock lives a little less than the interval, so the next sweep comes within a tick of its time.
-    ttl_ms = max(int((interval - tick) * 1000), 1)
-    me = f"{os.getpid()}:{random.getrandbits(32):08x}"
-    while True:
-        try:
-            if await rt.redis.set(sweeper_key(rt.settings.queue_name), me, nx=True, px=ttl_ms):
-                await sweep(rt)
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # an outage must not kill the loop: the next tick tries again
-            log.warning("sweep.failed", error=f"{type(e).__name__}: {e}")
-        await asyncio.sleep(tick)
+    key = sweeper_key(rt.settings.queue_name)
+    await fleet.once_per_interval(rt, key, interval, min(1.0, interval / 4), sweep, "sweep.failed")
 
 
 async def running_count_loop(rt: Runtime) -> None:
