@@ -120,6 +120,21 @@ def _tasks(d: PageData) -> str:
     return "".join(rows)
 
 
+def _reach(s: OpsState) -> str:
+    """The provider's reachability as the workers last saw it: the last connection error while it fails."""
+    if not s.circuit_known:
+        return '<td id="provider-reach" data-value="unknown" class="muted">unknown</td>'
+    r = s.provider_reach
+    if r is None:
+        return '<td id="provider-reach" data-value="ok" class="ok">yes: the last call was answered</td>'
+    state, cls = ("unreachable", "bad") if r["unreachable"] else ("failing", "warn")
+    return (
+        f'<td id="provider-reach" data-value="{state}" data-failures="{_e(r["failures"])}" class="{cls}">'
+        f"{_e(state.upper())}: {_e(r['failures'])} connection failure(s) in a row, the last at "
+        f'{_e(_utc(float(r["at"])))} UTC: <code id="provider-last-error">{_e(r["lastError"])}</code></td>'
+    )
+
+
 def _provider(d: PageData) -> str:
     s = d.state
     if not s.circuit_known:
@@ -131,7 +146,7 @@ def _provider(d: PageData) -> str:
         since = s.circuit.get("since")
         when = f" since {_utc(float(since))} UTC" if isinstance(since, int | float) else ""
         circuit = f'<td id="circuit-state" data-value="open" class="bad">OPEN: {_e(why)}{_e(when)}</td>'
-    rows = [_row("circuit", circuit)]
+    rows = [_row("reachable", _reach(s)), _row("circuit", circuit)]
     if s.provider_credits is None:
         rows.append(_row("credit balance", _num("provider-credits", None)))
     else:

@@ -75,7 +75,7 @@ def migrate() -> int:
     """Apply pending database migrations (safe from several processes at once)."""
     from shared.migrate import migrate as apply
 
-    applied = _run(apply(_settings()))
+    applied = asyncio.run(apply(_settings()))
     print("applied: " + ", ".join(applied) if applied else "database is up to date")
     return 0
 
@@ -105,7 +105,9 @@ def worker() -> int:
 def sim(
     host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port", min=1, max=65535)] = 8100,
-    api_key: Annotated[str | None, typer.Option(help="accept only this bearer key (default: any non-empty key)")] = None,
+    api_key: Annotated[
+        str | None, typer.Option(help="accept only this bearer key (default: any non-empty key)")
+    ] = None,
     credits: Annotated[float, typer.Option(help="the simulated provider balance")] = 1_000_000,
     time_scale: Annotated[float, typer.Option(help="multiply every duration by this")] = 1.0,
     create_limit: Annotated[int, typer.Option(help="creates per 10 s per key (0: no limit)")] = 20,

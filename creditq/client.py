@@ -277,8 +277,8 @@ def jobs_list(
         return 0
     table = Table("task", "model", "status", "cost", "charged", "created (UTC)", "error")
     for t in page.get("items", []):
-        e = (t.get("error") or {}).get("code") or t.get("lastError") or ""
-        table.add_row(t["taskId"], t["model"], t["status"], str(t["cost"]), str(t["charged"]), t["createdAt"], e)
+        why = (t.get("error") or {}).get("code") or t.get("lastError") or ""
+        table.add_row(t["taskId"], t["model"], t["status"], str(t["cost"]), str(t["charged"]), t["createdAt"], why)
     out.print(table)
     if page.get("nextCursor"):
         out.print(f"more: creditq jobs list --cursor {page['nextCursor']}", markup=False)
@@ -355,5 +355,3 @@ def register(app: typer.Typer) -> None:
     app.command()(models)
     app.command()(account)
     app.add_typer(jobs_app, name="jobs")
-
-

@@ -68,13 +68,13 @@ class _Display:
     def update(self, task: dict[str, Any]) -> None:
         status, pct = str(task.get("status")), task.get("progress")
         if self.progress is not None and self.bar is not None:
-            known = isinstance(pct, int | float)
+            value = float(pct) if isinstance(pct, int | float) else None
             self.progress.update(
                 self.bar,
                 status=status,
-                total=100 if known or status in TERMINAL else None,
-                completed=float(pct) if known else (100 if status == "succeeded" else 0),
-                pct=f"{pct:.0f}%" if known else "",
+                total=100 if value is not None or status in TERMINAL else None,
+                completed=value if value is not None else (100 if status == "succeeded" else 0),
+                pct=f"{value:.0f}%" if value is not None else "",
             )
         elif (status, pct) != self.last:
             extra = f" {pct:.0f}%" if isinstance(pct, int | float) else ""

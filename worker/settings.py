@@ -19,7 +19,7 @@ from arq.worker import func
 
 from shared import queue
 from shared.config import Settings
-from worker import jobs, observe, sweeper
+from worker import health, jobs, observe, sweeper
 from worker.runtime import close_runtime, open_runtime
 
 log = structlog.get_logger("creditq.worker")
@@ -43,6 +43,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     rt.background.append(asyncio.create_task(observe.metrics_push_loop(rt), name="creditq-metrics"))
     rt.background.append(asyncio.create_task(observe.provider_credit_loop(rt), name="creditq-credit-balance"))
     rt.background.append(asyncio.create_task(observe.audit_loop(rt), name="creditq-audit"))
+    rt.background.append(asyncio.create_task(health.startup_probe(rt), name="creditq-provider-probe"))
     ctx["rt"] = rt
     log.info(
         "worker.started",
