@@ -47,6 +47,8 @@ def _pump(name: str, stream: IO[bytes]) -> None:
 def port_busy(port: int, host: str = "127.0.0.1") -> bool:
     """True when something already listens on (or holds) ``host:port``."""
     with socket.socket() as s:
+        # As uvicorn binds: a port whose last connections linger in TIME_WAIT is free, a listening one is not.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
