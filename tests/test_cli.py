@@ -199,7 +199,7 @@ async def test_ctrl_c_during_wait_says_the_job_goes_on(stack: Processes, make_ac
         task_id = first.split()[1].rstrip(":")
         time.sleep(1.5)
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=15)
+        _, err = proc.communicate(timeout=15)
     finally:
         if proc.poll() is None:
             proc.kill()
