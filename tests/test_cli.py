@@ -159,7 +159,7 @@ def stack(base_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) ->
 
 def _stream_served(url: str, key: str) -> bool:
     r = httpx.get(f"{url}/v1/jobs/task_none/events", headers={"Authorization": f"Bearer {key}"}, timeout=5)
-    return r.headers.get("content-type", "").startswith("text/event-stream")
+    return bool(r.headers.get("content-type", "").startswith("text/event-stream"))
 
 
 async def test_submit_wait_follows_to_the_end(stack: Processes, make_account: MakeAccount) -> None:
