@@ -93,12 +93,18 @@ def api(
 
 
 @app.command()
-def worker() -> int:
+def worker(
+    check: Annotated[
+        bool,
+        typer.Option("--check", help="exit 0 if a worker on this host reported within 30 s (a healthcheck), else 1"),
+    ] = False,
+) -> int:
     """Run one arq worker (run as many as you like, on as many machines). Waits for Postgres and Redis at start,
     retrying with backoff; stops cleanly on SIGTERM/SIGINT."""
+    from worker.main import check as check_health
     from worker.main import run
 
-    return run(_settings())
+    return check_health(_settings()) if check else run(_settings())
 
 
 @app.command()

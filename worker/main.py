@@ -82,3 +82,36 @@ def run(settings: Settings) -> int:
         asyncio.set_event_loop(None)
         loop.close()
     return 0
+
+
+HEALTHY_WITHIN_SECONDS = 30.0
+
+
+def check(settings: Settings, within: float = HEALTHY_WITHIN_SECONDS) -> int:
+    """``creditq worker --check``: 0 when a worker on this host (``<hostname>:<pid>`` in the metrics set) pushed
+    its snapshot to Redis within ``within`` seconds (the push runs every few seconds while its event loop
+    turns), else 1 with one line saying why. For a container's healthcheck. Reads only."""
+    import socket
+    import time
+
+    from shared import metrics
+
+    async def probe() -> int:
+        try:
+            redis = await queue.connect(settings)
+        except Unavailable as e:
+            print(f"unhealthy: {e.message}")
+            return 1
+        try:
+            ids = await redis.zrangebyscore(metrics.workers_key(settings), time.time() - within, "+inf")
+        finally:
+            await redis.aclose()
+        host = socket.gethostname() + ":"
+        mine = [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+        if any(i.startswith(host) for i in mine):
+            print("healthy")
+            return 0
+        print(f"unhealthy: no worker on {host[:-1]} reported within {within:.0f} s")
+        return 1
+
+    return asyncio.run(probe())
