@@ -229,6 +229,10 @@ SCHEMAS: dict[str, Schema] = {
             "finishedAt": TIME,
             "result": obj({"urls": {"type": "array", "items": STR}}),
             "error": obj({"code": STR, "message": STR}),
+            "lastError": {
+                "type": "string",
+                "description": "While `queued`: the last create attempt's error (the task waits and is retried).",
+            },
         },
         description="A task (job). Terminal states (`succeeded`, `failed`, `canceled`) never change again.",
     ),
@@ -295,7 +299,14 @@ SCHEMAS: dict[str, Schema] = {
         {
             "status": {"enum": ["ok", "degraded", "down"]},
             "checks": {"type": "object", "additionalProperties": STR},
-        }
+        },
+        {
+            "details": obj(
+                {},
+                {"provider": obj({"failures": INT, "lastError": STR, "at": {"type": "number"}})},
+                description="Why a check is not `ok`: the provider's connection failures in a row and the last.",
+            )
+        },
     ),
 }
 
