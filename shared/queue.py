@@ -69,3 +69,19 @@ async def poke(arq: ArqRedis, settings: Settings, task_id: str) -> bool:
         _defer_until=datetime.now(UTC) - POKE_HEAD_START,
     )
     return job is not None
+
+
+async def queued_task_ids(arq: ArqRedis, settings: Settings, limit: int = 10_000) -> tuple[list[str], int]:
+    """The task ids of the first ``limit`` queue entries (step and poke jobs, due or deferred), deduplicated, and
+    the number of entries in all. A finished task's deferred wake-up stays queued until it is due (its step then
+    finds the task ended), so the entries over-count live work: the caller checks the ids against Postgres.
+    Raises redis errors."""
+    total = int(await arq.zcard(settings.queue_name))
+    raw = await arq.zrange(settings.queue_name, 0, limit - 1)
+    ids: set[str] = set()
+    for member in raw:
+        job = member.decode() if isinstance(member, bytes) else str(member)
+        kind, _, task_id = job.partition(":")
+        if kind in ("task", "poke") and task_id:
+            ids.add(task_id)
+    return sorted(ids), total
