@@ -42,7 +42,7 @@ class PageData:
     history_step_seconds: float = 900.0
     queue_live: tuple[int, int] | None = None  # (live tasks with a queue entry, entries in all)
     account_jobs: list[Mapping[str, Any]] | None = None
-    account_entries: list[Mapping[str, Any]] | None = None
+    account_entries: list[dict[str, Any]] | None = None
     failure_window_seconds: float = 86_400.0
     audit: Report | None = None
     audit_at: float | None = None
@@ -309,8 +309,13 @@ def _account(d: PageData) -> str:
         f"{_e(x.get('reason') or '')}</td><td>{_e(str(x['createdAt'])[:19].replace('T', ' '))}</td></tr>"
         for x in d.account_entries or []
     ]
+    unread = (
+        f'<p class="bad">cannot read its jobs or entries: {_e(d.errors["account"])}</p>'
+        if "account" in d.errors
+        else ""
+    )
     return (
-        f"<table>{''.join(rows)}</table>"
+        f"<table>{''.join(rows)}</table>{unread}"
         "<h3>recent jobs</h3>"
         + _table(
             ("task", "model", "status", "cost", "charged", "created (UTC)", "error"), jobs, "no jobs", "account-jobs"

@@ -229,7 +229,7 @@ async def _lookup(data: admin_page.PageData, svc: Services, pool: asyncpg.Pool, 
         rows, _ = await tasks.list_for_account(pool, found.id, None, ACCOUNT_RECENT, None)
         data.account_jobs = [tasks.task_view(r) for r in rows]
         entries, _ = await accounts.list_entries(pool, found.id, ACCOUNT_RECENT, None)
-        data.account_entries = [accounts.entry_view(x) for x in entries]
+        data.account_entries = entries  # already entry views
     except Exception as e:
         data.errors["account"] = f"{type(e).__name__}: {e}"
     return view

@@ -174,16 +174,19 @@ async def history(conn: Conn, step_seconds: float, buckets: int) -> list[Bucket]
     one snapshot."""
     rows = await conn.fetch(
         """
-        WITH p AS (SELECT extract(epoch FROM now()) AS hi, extract(epoch FROM now()) - $1::float8 * $2 AS lo)
-        SELECT 'submitted' AS kind, width_bucket(extract(epoch FROM t.created_at), p.lo, p.hi, $2) AS b,
+        WITH p AS (
+            SELECT extract(epoch FROM now())::float8 AS hi, extract(epoch FROM now())::float8 - $1::float8 * $2 AS lo
+        )
+        SELECT 'submitted' AS kind, width_bucket(extract(epoch FROM t.created_at)::float8, p.lo, p.hi, $2::int) AS b,
                count(*) AS n, 0::bigint AS credits
         FROM tasks t, p WHERE t.created_at >= to_timestamp(p.lo) GROUP BY 2
         UNION ALL
-        SELECT t.status, width_bucket(extract(epoch FROM t.finished_at), p.lo, p.hi, $2), count(*), sum(t.charged)
+        SELECT t.status, width_bucket(extract(epoch FROM t.finished_at)::float8, p.lo, p.hi, $2::int), count(*),
+               sum(t.charged)::bigint
         FROM tasks t, p WHERE t.finished_at >= to_timestamp(p.lo) AND t.status IN ('succeeded', 'failed', 'canceled')
         GROUP BY 1, 2
         UNION ALL
-        SELECT 'live', 0, count(*), 0 FROM tasks WHERE status IN ('queued', 'running')
+        SELECT 'live', 0, count(*), 0::bigint FROM tasks WHERE status IN ('queued', 'running')
         UNION ALL
         SELECT 'now', 0, 0, extract(epoch FROM now())::bigint
         """,
