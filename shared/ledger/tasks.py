@@ -17,7 +17,14 @@ from typing import Any
 
 import asyncpg
 
-from shared.errors import CreditqError, IdempotencyConflict, InsufficientCredits, NotCancelable, NotFound
+from shared.errors import (
+    CreditqError,
+    IdempotencyConflict,
+    InsufficientCredits,
+    InvalidInput,
+    NotCancelable,
+    NotFound,
+)
 from shared.ledger import observe
 from shared.ledger.accounts import Conn, decode_cursor, encode_cursor
 from shared.ledger.sqlerrors import mapped
@@ -202,8 +209,6 @@ async def list_for_account(
             ts, after_id = decode_cursor(cursor).split("|", 1)
             after_ts = datetime.fromisoformat(ts)
         except ValueError:
-            from shared.errors import InvalidInput
-
             raise InvalidInput("cursor is not valid", details=[{"field": "cursor"}]) from None
     rows = await conn.fetch(
         "SELECT * FROM tasks WHERE account_id = $1 AND ($2::text IS NULL OR status = $2) "
