@@ -274,6 +274,11 @@ def load(path: Path) -> Pricing:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise ConfigError(f"CREDITQ_PRICING: cannot read {path}: {e}") from None
+    return parse(data)
+
+
+def parse(data: Mapping[str, Any]) -> Pricing:
+    """The price list from its parsed TOML document. Pure. Raises ConfigError as :func:`load`."""
     models: dict[str, Model] = {}
     raw_models = data.get("models", [])
     if not isinstance(raw_models, list):
