@@ -41,9 +41,9 @@ def valid_value(f: InputField) -> st.SearchStrategy[Any]:
         high = int(f.maximum) if f.maximum is not None else pricing.MAX_INT
         return st.integers(low, high)
     if f.type == "number":
-        low = f.minimum if f.minimum is not None else -1e9
-        high = f.maximum if f.maximum is not None else 1e9
-        return st.floats(low, high, allow_nan=False) | st.integers(math.ceil(low), math.floor(high))
+        bottom = f.minimum if f.minimum is not None else -1e9
+        top = f.maximum if f.maximum is not None else 1e9
+        return st.floats(bottom, top, allow_nan=False) | st.integers(math.ceil(bottom), math.floor(top))
     if f.type == "array":
         assert f.items is not None
         return st.lists(valid_value(f.items), min_size=f.min_items or 0, max_size=f.max_items or 3)
