@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
-from api import accounts, admin, health, jobs, observability, ops, transfers, webhooks
+from api import accounts, admin, health, jobs, observability, openapi, ops, transfers, webhooks
 from api.errors import HANDLERS, CatchAll
 from api.requests import EdgeChecks
 from api.services import Services
@@ -49,6 +49,7 @@ def create_app(settings: Settings) -> Starlette:
         *payment_routes,
         *observability.routes,
         *ops.routes,
+        *openapi.routes,
     ]
     app = Starlette(
         routes=routes,

@@ -3,7 +3,7 @@
 One :class:`httpx.AsyncClient` per process (pooled keep-alive connections); the worker hands its own client in so
 that shutdown closes it once. Every call is bounded by ``KIE_TIMEOUT`` as a whole, not per socket operation.
 
-The provider answers HTTP 200 with the verdict in the body's ``code`` (kie-protocol.md), except for real 429s and
+The provider answers HTTP 200 with the verdict in the body's ``code`` (docs/PROVIDER.md), except for real 429s and
 the odd 5xx from its edge, so both are read: an error HTTP status wins unless the body names a more precise
 error code. Errors map onto the one hierarchy of :mod:`shared.errors`:
 

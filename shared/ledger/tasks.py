@@ -261,7 +261,7 @@ async def cancel(conn: Conn, task_id: str, account_id: str) -> asyncpg.Record:
 
 
 def task_view(r: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
-    """A task as the API shows it (CONTRACT.md's task view)."""
+    """A task as the API shows it (docs/API.md's task view)."""
     view: dict[str, Any] = {
         "taskId": r["id"],
         "model": r["model"],
