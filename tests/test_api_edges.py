@@ -249,7 +249,7 @@ class TestNumbersCursorsDates:
         error_of(r, 422, "validation_error")
         assert await balance(pool, other.id) == (2000, 0)
         report = await audit(pool, 2)
-        assert not [p for p in report.problems if p.account_id in (account.id, other.id)], report.problems
+        assert not [p for p in report.problems if p.accountId in (account.id, other.id)], report.problems
 
 
 # --- duplicates ------------------------------------------------------------------------------------------------
@@ -286,7 +286,7 @@ class TestDuplicates:
         self, client: httpx.AsyncClient, make_account: MakeAccount, bad: str
     ) -> None:
         _, key = await make_account(credits=100)
-        headers = [("Authorization", f"Bearer {key}"), ("Idempotency-Key", bad.encode("latin-1"))]
+        headers = [(b"Authorization", f"Bearer {key}".encode()), (b"Idempotency-Key", bad.encode("latin-1"))]
         error_of(await client.post("/v1/jobs", json=job(), headers=headers), 422, "validation_error")
 
 
