@@ -133,8 +133,8 @@ async def balance_of(pool: asyncpg.Pool, account_id: str) -> tuple[int, int]:
 async def test_http_poison_is_refused_and_the_others_answer_202(
     client: httpx.AsyncClient, pool: asyncpg.Pool, make_account: MakeAccount
 ) -> None:
-    """The issue's case over HTTP: 31 concurrent submits of one account, one with a NUL prompt → 30 × 202 and
-    one 422, whatever batches they share; the money follows."""
+    """The issue's case over HTTP: 31 concurrent submits of one account, one with a NUL prompt → 202 for the 30 and
+    422 for the one, whatever batches they share; the money follows."""
     account, key = await make_account(credits=1000, tier="pro_plus")
     bodies = [job(f"fine {i}") for i in range(CONCURRENT)]
     bodies[POISON_AT] = job("nul \x00 prompt")
