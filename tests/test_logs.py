@@ -156,6 +156,8 @@ async def test_a_500_logs_its_traceback_as_json_with_the_request_id(api_settings
     json_settings = dataclasses.replace(api_settings, log_format="json")
     stream = io.StringIO()
     configure(json_settings, stream)
+    # Not cached: a logger bound under this test's configuration would keep it (and its stream) for later tests.
+    structlog.configure(cache_logger_on_first_use=False)
     try:
         app = create_app(json_settings)
         app.router.routes.append(Route("/boom", exploding_handler))
