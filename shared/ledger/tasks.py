@@ -48,7 +48,12 @@ class Submitted:
 
 @dataclass(frozen=True, slots=True)
 class SubmitRequest:
-    """One submit, as the batch function takes it."""
+    """One submit, as the batch function takes it.
+
+    ``input`` is stored on the task and is what the worker sends: the API gives the validated input (defaults
+    applied) of :func:`shared.pricing.price`, with its ``cost`` and ``breakdown``; without them the model's
+    ``cost`` is held (a batch built in code, e.g. by tests).
+    """
 
     model: Model
     input: dict[str, Any]
@@ -56,6 +61,13 @@ class SubmitRequest:
     idempotency_key: str | None
     request_hash: str | None
     task_id: str = field(default_factory=lambda: new_task_id())
+    cost: int | None = None
+    breakdown: list[dict[str, Any]] | None = None
+
+    @property
+    def price(self) -> int:
+        """The credits this submit holds."""
+        return self.model.cost if self.cost is None else self.cost
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -66,7 +78,8 @@ class SubmitRequest:
             "input": self.input,
             "callback_url": self.callback_url,
             "token": secrets.token_urlsafe(24),
-            "cost": self.model.cost,
+            "cost": self.price,
+            "breakdown": self.breakdown if self.breakdown is not None else [{"credits": self.price}],
             "deadline": self.model.deadline_seconds,
             "key": self.idempotency_key,
             "hash": self.request_hash,
@@ -93,7 +106,7 @@ async def submit_batch(
     out: list[Submitted | CreditqError] = []
     for i, (req, r) in enumerate(zip(requests, rows, strict=True)):
         if r["outcome"] == "insufficient":
-            out.append(InsufficientCredits(required=req.model.cost, available=r["available"]))
+            out.append(InsufficientCredits(required=req.price, available=r["available"]))
         elif r["outcome"] == "conflict":
             out.append(IdempotencyConflict("this Idempotency-Key was used with another request body"))
         else:
@@ -317,6 +330,12 @@ def task_view(r: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
     }
     if r["finished_at"] is not None:
         view["finishedAt"] = r["finished_at"].isoformat()
+    # Beyond the contract's view: what the cost was made of (None for tasks from before the price breakdown).
+    breakdown = r.get("price_breakdown")
+    if isinstance(breakdown, str):
+        breakdown = json.loads(breakdown)
+    if breakdown is not None:
+        view["breakdown"] = breakdown
     result = r["result"]
     if isinstance(result, str):
         result = json.loads(result)
