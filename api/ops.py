@@ -16,10 +16,8 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import asyncpg
@@ -30,7 +28,7 @@ from starlette.routing import Route
 
 from api import admin_page
 from api.accounts import account_view
-from api.auth import bearer, require_admin
+from api.auth import require_admin
 from api.observability import connected_or_none
 from api.services import Services, services
 from shared import metrics, queue, repairs
@@ -59,27 +57,6 @@ PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
     "frame-ancestors 'none'; base-uri 'none'",
 }
-
-
-@dataclass(slots=True)
-class AuditCache:
-    """The last audit report this API process ran and when (wall clock); one audit at a time."""
-
-    report: Report | None = None
-    at: float = 0.0
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    def store(self, report: Report) -> None:
-        """Keep ``report`` as the newest audit."""
-        self.report, self.at = report, time.time()
-
-
-def _cache(request: Request) -> AuditCache:
-    cache: AuditCache | None = getattr(request.app.state, "admin_audit_cache", None)
-    if cache is None:
-        cache = AuditCache()
-        request.app.state.admin_audit_cache = cache
-    return cache
 
 
 def _flag(request: Request, name: str) -> bool:
@@ -118,7 +95,7 @@ async def reconcile(request: Request) -> JSONResponse:
     fix = _flag(request, "fix")
     svc = services(request)
     pool = await svc.db()
-    cache = _cache(request)
+    cache = svc.audit_cache
     async with cache.lock:
         report = await run_audit(svc, pool, fix)
         cache.store(report)
@@ -130,23 +107,6 @@ async def reconcile(request: Request) -> JSONResponse:
     return JSONResponse(body)
 
 
-def page_token(request: Request) -> str | None:
-    """Require the admin token as the bearer header or ``?token=``. Returns the query token when that is how it
-    came (the page keeps it in its links), else None. Raises Forbidden (admin disabled), Unauthenticated."""
-    token = services(request).settings.admin_token
-    if not token:
-        raise Forbidden("the admin endpoints are disabled: set CREDITQ_ADMIN_TOKEN to enable them")
-    header = bearer(request)
-    if header is not None and hmac.compare_digest(header.encode(), token.encode()):
-        return None
-    query = request.query_params.get("token")
-    if query is not None and hmac.compare_digest(query.encode(), token.encode()):
-        return query
-    raise Unauthenticated(
-        "the admin token is required: send Authorization: Bearer <token> or open /admin?token=<token>"
-    )
-
-
 async def _part(data: admin_page.PageData, name: str, read: Callable[[], Awaitable[T]], seconds: float) -> T | None:
     try:
         async with asyncio.timeout(seconds):
@@ -156,8 +116,8 @@ async def _part(data: admin_page.PageData, name: str, read: Callable[[], Awaitab
         return None
 
 
-async def _page_audit(request: Request, svc: Services, pool: asyncpg.Pool) -> tuple[Report, float]:
-    cache = _cache(request)
+async def _page_audit(svc: Services, pool: asyncpg.Pool) -> tuple[Report, float]:
+    cache = svc.audit_cache
     async with cache.lock:
         if cache.report is None or time.time() - cache.at > AUDIT_MAX_AGE_SECONDS:
             cache.store(await run_audit(svc, pool, fix=False))
@@ -170,7 +130,7 @@ async def admin(request: Request) -> HTMLResponse:
     that accepts text/html, gets an HTML page with a token form instead, same status), InvalidInput (an
     over-long account reference)."""
     try:
-        query_token = page_token(request)
+        query_token = require_admin(request, query=True)
     except (Forbidden, Unauthenticated) as e:
         if "text/html" not in request.headers.get("accept", ""):
             raise
@@ -197,7 +157,7 @@ async def admin(request: Request) -> HTMLResponse:
                 _part(data, "tasks", lambda: stats.tasks_by_status(pool), limit),
                 _part(data, "stuck", lambda: stats.stuck_tasks(pool, sweep), limit),
                 _part(data, "failures", lambda: stats.recent_failures(pool, FAILURE_WINDOW_SECONDS), limit),
-                _part(data, "audit", lambda: _page_audit(request, svc, pool), AUDIT_TIMEOUT_SECONDS),
+                _part(data, "audit", lambda: _page_audit(svc, pool), AUDIT_TIMEOUT_SECONDS),
                 _lookup(data, svc, pool, ref),
             ),
             asyncio.gather(

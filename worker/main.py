@@ -59,8 +59,6 @@ def run(settings: Settings) -> int:
     Postgres and Redis are reached before any job is taken; while either is unreachable the worker waits and
     retries with backoff (:func:`wait_for`, one log line per attempt). Logging must already be configured.
     """
-    # httpx logs every request URL at INFO; a client's callback URL may carry its secrets.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     if logging.getLogger().level > logging.DEBUG:
         # arq's two lines per step would drown the task lines; its warnings and errors still show.
         logging.getLogger("arq.worker").setLevel(logging.WARNING)
