@@ -101,10 +101,15 @@ def worker(
 ) -> int:
     """Run one arq worker (run as many as you like, on as many machines). Waits for Postgres and Redis at start,
     retrying with backoff; stops cleanly on SIGTERM/SIGINT."""
+    from shared.pricing import load
     from worker.main import check as check_health
     from worker.main import run
 
-    return check_health(_settings()) if check else run(_settings())
+    settings = _settings()
+    if check:
+        return check_health(settings)
+    load(settings.pricing_path)  # a bad price list is a one-line error now, not a traceback at the first job
+    return run(settings)
 
 
 @app.command()

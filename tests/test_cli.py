@@ -19,8 +19,13 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
-from tests.apiserver import Api
+from shared.config import Settings
+from tests.apiserver import Api, serve
 from tests.conftest import CREDITQ, MakeAccount, Processes
 
 
@@ -212,3 +217,34 @@ async def test_ctrl_c_during_wait_says_the_job_goes_on(stack: Processes, make_ac
     # Following it again works (and ends it here quickly: cancel is refused for a running job, so wait).
     r = await cq("jobs", "get", task_id, url=url, key=key)
     assert r.returncode == 0 and task_id in r.stdout
+
+
+def _no_stream_proxy(upstream: str) -> Starlette:
+    """An API in front of the real one that answers its live stream 406 (an older API, or a proxy that refuses
+    event streams), forwarding everything else."""
+    http = httpx.AsyncClient(base_url=upstream, timeout=30)
+
+    async def forward(request: Request) -> Response:
+        if request.url.path.endswith("/events"):
+            return JSONResponse({"error": {"code": "not_acceptable", "message": "no streams here"}}, 406)
+        headers = {k: v for k, v in request.headers.items() if k.lower() in ("authorization", "content-type")}
+        r = await http.request(
+            request.method, request.url.path, params=request.query_params, content=await request.body(), headers=headers
+        )
+        return Response(r.content, r.status_code, media_type=r.headers.get("content-type"))
+
+    return Starlette(routes=[Route("/{path:path}", forward, methods=["GET", "POST"])])
+
+
+async def test_submit_wait_falls_back_to_polling_when_the_stream_is_refused(
+    stack: Processes, make_account: MakeAccount, api_settings: Settings
+) -> None:
+    _, key = await make_account(credits=20, tier="pro")
+    async with serve(api_settings, _no_stream_proxy(stack.env["CREDITQ_API_URL"])) as proxy:
+        r = await cq(
+            "submit", "--model", "google/nano-banana", "--prompt", "[sim:seconds=1] x", "--wait",
+            url=proxy.url, key=key,
+        )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "polling every 1 s: the live stream is unavailable" in r.stdout
+    assert "succeeded: charged 4 credits" in r.stdout
