@@ -14,6 +14,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from dotenv import dotenv_values
+
 from shared.errors import ConfigError
 
 BUNDLED_PRICING = Path(__file__).with_name("pricing.toml")
@@ -59,8 +61,6 @@ class Settings:
         if env is None:
             merged: dict[str, str] = {}
             if dotenv and Path(".env").is_file():
-                from dotenv import dotenv_values
-
                 merged.update({k: v for k, v in dotenv_values(".env").items() if v is not None})
             merged.update(os.environ)
             env = merged
