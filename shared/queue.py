@@ -134,7 +134,7 @@ async def queued_task_ids(arq: ArqRedis, settings: Settings, limit: int = 10_000
     ids: set[str] = set()
     for member in raw:
         job = member.decode() if isinstance(member, bytes) else str(member)
-        kind, _, task_id = job.partition(":")
-        if kind in ("task", "poke") and task_id:
-            ids.add(task_id)
+        parts = job.split(":")  # task:<taskId>, poke:<taskId> or poke:<taskId>:<ms>
+        if parts[0] in ("task", "poke") and len(parts) > 1 and parts[1]:
+            ids.add(parts[1])
     return sorted(ids), total
