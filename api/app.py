@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
-from api import accounts, admin, health, jobs, observability, ops, transfers, webhooks
+from api import accounts, admin, health, jobs, lots, observability, ops, transfers, webhooks
 from api.errors import HANDLERS, CatchAll
 from api.services import Services
 from shared import pricing
@@ -44,6 +44,7 @@ def create_app(settings: Settings) -> Starlette:
         *jobs.routes,
         *transfers.routes,
         *admin.routes,
+        *lots.routes,
         *webhooks.routes,
         *payment_routes,
         *observability.routes,
