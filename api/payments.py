@@ -126,7 +126,7 @@ async def admin_dismiss(request: Request) -> JSONResponse:
     Unavailable."""
     require_admin(request)
     fields = Fields(await json_object(request))
-    reason = fields.string("reason", required=True, max_length=payments.MAX_DISMISS_REASON_LENGTH)
+    reason = fields.text("reason", required=True, max_length=payments.MAX_DISMISS_REASON_LENGTH)
     fields.check()
     async with db.connection(await services(request).db()) as conn:
         event = await payments.dismiss_event(conn, request.path_params["eventId"], reason)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -31,8 +33,9 @@ async def create_transfer(request: Request) -> JSONResponse:
     fields = Fields(body)
     to_ref = fields.string("toAccountId", required=True)
     amount = fields.integer("amount", required=True, minimum=1)
-    memo = fields.string("memo", max_length=MAX_MEMO_LENGTH)
+    memo = fields.text("memo", max_length=MAX_MEMO_LENGTH)
     fields.check()
+    to_ref = unicodedata.normalize("NFC", to_ref)  # as externalIds are stored
     if to_ref in (who.account.id, who.account.external_id):
         raise InvalidInput(
             "cannot transfer to your own account",

@@ -41,6 +41,7 @@ creditq's when their ``payment_intent`` is a recorded purchase (decided in SQL).
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -160,7 +161,12 @@ def _account_ref(obj: Mapping[str, Any], meta: Mapping[str, Any]) -> tuple[str |
     account_id, external_id = _text(meta.get("accountId")), _text(meta.get("externalId"))
     if account_id is None and external_id is None:
         account_id = _text(obj.get("client_reference_id"))
-    return account_id, external_id
+    return _nfc(account_id), _nfc(external_id)
+
+
+def _nfc(ref: str | None) -> str | None:
+    # externalIds are stored NFC-normalised; a reference in another normal form names the same account.
+    return unicodedata.normalize("NFC", ref) if ref is not None else None
 
 
 def _ours(obj: Mapping[str, Any], meta: Mapping[str, Any]) -> bool:
@@ -365,7 +371,7 @@ def _takeback(event_type: str, obj: Mapping[str, Any]) -> Intent:
     name the account (``payment_intent_data.metadata`` is copied onto charges), which keeps an early refund of a
     purchase not yet received pending rather than ignored."""
     meta = metadata(obj)
-    account_id, external_id = _text(meta.get("accountId")), _text(meta.get("externalId"))
+    account_id, external_id = _nfc(_text(meta.get("accountId"))), _nfc(_text(meta.get("externalId")))
     payment_intent = _id(obj.get("payment_intent"))
     object_id = _text(obj.get("id"))
     if event_type == "charge.refunded":
