@@ -129,7 +129,7 @@ async def admin_dismiss(request: Request) -> JSONResponse:
     reason = fields.text("reason", required=True, max_length=payments.MAX_DISMISS_REASON_LENGTH)
     fields.check()
     async with db.connection(await services(request).db()) as conn:
-        event = await payments.dismiss_event(conn, request.path_params["eventId"], reason)
+        event = await payments.dismiss_event(conn, request.path_params["eventId"], reason or "")
     return JSONResponse(event.view())
 
 
