@@ -202,3 +202,30 @@ async def test_the_sweep_expires_lots_but_never_held_credits(
     balances = dict(await pool.fetch("SELECT id, balance FROM accounts WHERE id = ANY($1)", [a.id, b.id, c.id]))
     assert balances == {a.id: 5, b.id: 0, c.id: 0}
     await assert_clean(pool, a.id, b.id, c.id)
+
+
+class TestOperatorView:
+    async def test_metrics_and_page_show_expiring_lots_debt_and_pending_events(
+        self, api: Api, pool: asyncpg.Pool, make_account: MakeAccount
+    ) -> None:
+        expiring, _ = await make_account()
+        await grant(api, expiring.id, 9, datetime.now(UTC) + timedelta(days=2))
+        debtor, _ = await make_account(credits=10)
+        await pool.execute("SELECT cq_take_back($1, 'refund', 25, NULL, 'test', NULL)", debtor.id)
+        text = (await api.client.get("/metrics")).text
+        values = {
+            line.split()[0]: float(line.split()[1])
+            for line in text.splitlines()
+            if line.startswith(("creditq_accounts_in_debt", "creditq_credits_owed", "creditq_credits_expiring_soon"))
+        }
+        assert values["creditq_accounts_in_debt"] >= 1
+        assert values["creditq_credits_owed"] >= 15
+        assert values["creditq_credits_expiring_soon"] >= 9
+        assert "creditq_payment_events_pending" in text
+        page = (await api.client.get("/admin", headers=ADMIN)).text
+        assert 'id="money"' in page and 'id="accounts-in-debt"' in page and 'id="credits-expiring"' in page
+        assert f'class="debtor" data-account="{debtor.id}" data-value="15"' in page
+        await money.credit(pool, debtor.id, 15, "pays the debt", None)
+        page = (await api.client.get("/admin", headers=ADMIN)).text
+        assert f'data-account="{debtor.id}"' not in page
+        await assert_clean(pool, expiring.id, debtor.id)
