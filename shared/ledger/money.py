@@ -116,12 +116,15 @@ async def transfer(
     key: str | None,
     request_hash: str | None = None,
 ) -> asyncpg.Record:
-    """Move ``amount`` credits from one account to another; returns the transfer row.
+    """Move ``amount`` credits from one account to another (``to_id``: its accountId or externalId); returns the
+    transfer row. One SQL call (``cq_transfer``), one transaction.
 
-    Both rows are locked in id order inside the function, so opposite transfers cannot deadlock. Idempotent by
-    (from, key); the same key with another ``request_hash`` raises IdempotencyConflict. Raises
-    InsufficientCredits, Forbidden (sender suspended), NotFound (either account), InvalidInput (amount ≤ 0, to
-    oneself).
+    The sender's own checks come first (Forbidden: suspended; InsufficientCredits: amount > available), and only
+    then NotFound for an unknown recipient, whatever the amount: a sender who cannot pay learns nothing about
+    the recipient. The sender's lots are spent after its held part, soonest expiry first; the recipient gets
+    ``transfer_in`` lots with the same expiries. Both rows are locked in id order, so opposite transfers cannot
+    deadlock. Idempotent by (from, key); the same key with another ``request_hash`` raises IdempotencyConflict.
+    Raises InvalidInput (amount ≤ 0, to oneself).
     """
     async with mapped():
         r = await conn.fetchrow(
