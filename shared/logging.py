@@ -111,5 +111,6 @@ def configure(settings: Settings, stream: object = None) -> None:
     root.setLevel(level)
     # uvicorn's access log is one line per request: noise next to our own request lines.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
-    # httpx logs every request at INFO; ours are logged once, with context, by the provider client.
+    # httpx logs every request URL at INFO: ours are logged once, with context, by the provider client, and a
+    # client's callback URL may carry its secrets.
     logging.getLogger("httpx").setLevel(logging.WARNING)
