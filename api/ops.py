@@ -152,13 +152,14 @@ async def admin(request: Request) -> HTMLResponse:
     else:
         sweep, limit = svc.settings.sweep_seconds, PAGE_QUERY_TIMEOUT_SECONDS
         step, buckets = HISTORY_STEP_SECONDS, HISTORY_BUCKETS
-        (by_status, stuck, failures, audited, account), (samples, history, queue_live) = await asyncio.gather(
+        (by_status, stuck, failures, audited, account, debtors), (samples, history, queue_live) = await asyncio.gather(
             asyncio.gather(
                 _part(data, "tasks", lambda: stats.tasks_by_status(pool), limit),
                 _part(data, "stuck", lambda: stats.stuck_tasks(pool, sweep), limit),
                 _part(data, "failures", lambda: stats.recent_failures(pool, FAILURE_WINDOW_SECONDS), limit),
                 _part(data, "audit", lambda: _page_audit(svc, pool), AUDIT_TIMEOUT_SECONDS),
                 _lookup(data, svc, pool, ref),
+                _part(data, "debtors", lambda: stats.debtors(pool), limit),
             ),
             asyncio.gather(
                 _part(data, "failures", lambda: stats.failure_samples(pool, FAILURE_WINDOW_SECONDS), limit),
@@ -167,6 +168,7 @@ async def admin(request: Request) -> HTMLResponse:
             ),
         )
         data.by_status, data.stuck, data.failures, data.account = by_status, stuck, failures, account
+        data.debtors = debtors
         data.samples, data.history, data.history_step_seconds, data.queue_live = samples, history, step, queue_live
         if audited is not None:
             data.audit, data.audit_at = audited

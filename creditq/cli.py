@@ -189,17 +189,35 @@ def audit(
     fix: Annotated[
         bool, typer.Option("--fix", help="settle what should be settled and re-apply stored events, then check again")
     ] = False,
+    dismiss: Annotated[
+        str | None,
+        typer.Option(
+            metavar="EVENT_ID", help="dismiss a pending payment event that can never apply (needs --reason), then check"
+        ),
+    ] = None,
+    reason: Annotated[str | None, typer.Option(help="why the event is dismissed (recorded with it)")] = None,
 ) -> int:
     """Check every money invariant; exit 0 clean, 1 problems found."""
-    return _run(_audit(_settings(), as_json, fix))
+    return _run(_audit(_settings(), as_json, fix, dismiss, reason))
 
 
-async def _audit(settings: Settings, as_json: bool, fix: bool) -> int:
+async def _audit(
+    settings: Settings, as_json: bool, fix: bool, dismiss: str | None = None, reason: str | None = None
+) -> int:
     from shared import db
     from shared.ledger.audit import audit as run_audit
 
+    if dismiss is not None and not (reason or "").strip():
+        print("creditq: error: --dismiss needs --reason", file=sys.stderr)
+        return 2
     pool = await db.create_pool(settings, max_size=4)
     try:
+        if dismiss is not None:
+            dismissed = await _dismiss(pool, dismiss, reason or "")
+            if dismissed is not None:
+                print(dismissed, file=sys.stderr)
+                return 2
+            print(f"dismissed: payment event {dismiss}")
         if fix:
             # The same repairs as GET /v1/admin/reconcile?fix=true, ending stuck tasks as the worker does.
             from shared.repairs import repairing
@@ -225,6 +243,17 @@ async def _audit(settings: Settings, as_json: bool, fix: bool) -> int:
             print(f"{p.kind}: {where}: {p.detail}")
         print("audit: clean" if report.ok else f"audit: {len(report.problems)} problem(s)")
     return 0 if report.ok else 1
+
+
+async def _dismiss(pool: Any, event_id: str, reason: str) -> str | None:
+    """Dismiss one payment event; None when done, else the one-line error to print."""
+    from shared.ledger import payments
+
+    try:
+        await payments.dismiss_event(pool, event_id, reason)
+    except CreditqError as e:
+        return f"creditq: error: {e.message}"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
