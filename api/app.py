@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
-from api import accounts, admin, health, jobs, observability, openapi, ops, transfers, webhooks
+from api import accounts, admin, client_webhooks, health, jobs, observability, openapi, ops, transfers, webhooks
 from api.errors import HANDLERS, CatchAll
 from api.services import Services
 from shared import pricing
@@ -42,6 +42,7 @@ def create_app(settings: Settings) -> Starlette:
         *health.routes,
         *accounts.routes,
         *jobs.routes,
+        *client_webhooks.routes,
         *transfers.routes,
         *admin.routes,
         *webhooks.routes,

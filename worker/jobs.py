@@ -60,7 +60,7 @@ from shared.ledger import tasks
 from shared.pricing import Model
 from shared.provider import CreateOutcomeUnknown, ProviderStatus, note_provider_task, noted_provider_task
 from shared.ratelimit import Kind
-from worker import schedule
+from worker import deliveries, schedule
 from worker.runtime import Runtime
 
 log = structlog.get_logger("creditq.worker")
@@ -70,7 +70,6 @@ QUERY_TOKEN_WAIT = 1.0
 CIRCUIT_COOLDOWN = 60.0  # an open circuit closes by itself after this, so that a create probes the provider
 CIRCUIT_RECHECK = (3.0, 6.0)  # a queued task looks at an open circuit again after this many seconds
 POKE_RECHECKS = 3  # a poke that finds the task still pending looks again this many times, 2-3 s apart
-NOTIFY_TIMEOUT = 5.0
 STEP_SLACK = 7.0  # a step's own time budget beyond KIE_TIMEOUT (token waits, a few statements)
 
 Log = Any  # a bound structlog logger
@@ -389,8 +388,8 @@ async def settle(
     error_message: str | None = None,
 ) -> str:
     """End the task (``ledger.tasks.finish``: terminal state and capture/release, one transaction, exactly
-    once), then, if this call ended it, free its tier slot and notify the client (best effort, after the
-    commit). Returns the task's status as it now is. Raises Unavailable."""
+    once), then, if this call ended it, free its tier slot and schedule the client's webhook (its delivery row
+    was written in the same transaction, by the outbox trigger). Returns the task's status as it now is. Raises Unavailable."""
     row, changed = await tasks.finish(
         rt.pool, task["id"], status, result=result, error_code=error_code, error_message=error_message
     )
@@ -398,7 +397,9 @@ async def settle(
         # The money lines and counters come from shared.ledger.observe, in finish itself.
         tlog.info(f"task.{status}", error_code=error_code, charged=row["charged"])
         await _release_limits(rt, row)
-        await _notify(rt, row, tlog)
+        if row["callback_url"]:
+            # Its delivery was written with the settlement (the outbox trigger); this only schedules it now.
+            await deliveries.kick(rt, row["id"])
     return str(row["status"])
 
 
@@ -422,21 +423,6 @@ def _limits_release() -> Callable[..., Awaitable[None]] | None:
         return None
     release = getattr(module, "release", None)
     return release if callable(release) else None
-
-
-async def _notify(rt: Runtime, task: asyncpg.Record, tlog: Log) -> None:
-    """One POST of the task view to the client's ``callback_url`` (checked by the API at submit); no retries."""
-    url = task["callback_url"]
-    if not url:
-        return
-    try:
-        async with asyncio.timeout(NOTIFY_TIMEOUT):
-            resp = await rt.http.post(
-                url, json=tasks.task_view(task), timeout=NOTIFY_TIMEOUT, headers={"User-Agent": "creditq-webhook/1"}
-            )
-        tlog.info("task.notified", http=resp.status_code)
-    except Exception as e:  # best effort by contract
-        tlog.info("task.notify_failed", error=type(e).__name__)
 
 
 # --- helpers --------------------------------------------------------------------------------------------------
