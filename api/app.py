@@ -15,6 +15,7 @@ from starlette.routing import BaseRoute
 
 from api import accounts, admin, client_webhooks, health, jobs, observability, openapi, ops, transfers, webhooks
 from api.errors import HANDLERS, CatchAll
+from api.requests import EdgeChecks
 from api.services import Services
 from shared import pricing
 from shared.config import Settings
@@ -54,7 +55,8 @@ def create_app(settings: Settings) -> Starlette:
     app = Starlette(
         routes=routes,
         # RequestContext outermost: the request id is bound for every line below it, the 500s of CatchAll too.
-        middleware=[Middleware(observability.RequestContext), Middleware(CatchAll)],
+        # EdgeChecks next: a path or query no route can use is refused before routing.
+        middleware=[Middleware(observability.RequestContext), Middleware(EdgeChecks), Middleware(CatchAll)],
         exception_handlers=HANDLERS,
         lifespan=lifespan,
     )

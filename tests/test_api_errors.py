@@ -1,4 +1,4 @@
-"""Every row of CONTRACT.md's error table, in the one shape ``{"error": {"code", "message", ...}}``; unknown
+"""Every row of docs/API.md's error table, in the one shape ``{"error": {"code", "message", ...}}``; unknown
 routes and methods; a bug's 500; and Postgres or Redis down → 503, never a 500 or a hang."""
 
 from __future__ import annotations

@@ -127,16 +127,6 @@ async def _send(rt: Runtime, d: Any) -> tuple[str, float | None]:
     return "pending", delay
 
 
-async def kick(rt: Runtime, task_id: str) -> None:
-    """Enqueue the task's pending deliveries (right after the task ended). Best effort: a lost hint is found by
-    :func:`sweep`."""
-    try:
-        for webhook_id in await outbox.pending_for_task(rt.pool, task_id):
-            await queue.enqueue_delivery(rt.redis, rt.settings, webhook_id)
-    except Exception as e:
-        log.warning("delivery.enqueue_failed", task_id=task_id, error=f"{type(e).__name__}: {e}")
-
-
 async def sweep(rt: Runtime) -> int:
     """Re-enqueue every pending delivery overdue by more than the sweep interval whose job may be lost. Returns
     how many were enqueued (a no-op for one whose job is still queued). Raises Unavailable, redis errors."""

@@ -34,10 +34,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import random
 import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 from urllib.parse import parse_qs, quote, urlsplit
@@ -47,7 +45,7 @@ import structlog
 from arq import Retry
 from redis.exceptions import RedisError
 
-from shared import db, metrics
+from shared import db, metrics, settlement
 from shared.errors import (
     NotFound,
     ProviderError,
@@ -60,7 +58,7 @@ from shared.ledger import tasks
 from shared.pricing import Model
 from shared.provider import CreateOutcomeUnknown, ProviderStatus, note_provider_task, noted_provider_task
 from shared.ratelimit import Kind
-from worker import deliveries, schedule
+from worker import schedule
 from worker.runtime import Runtime
 
 log = structlog.get_logger("creditq.worker")
@@ -140,7 +138,7 @@ async def _step(rt: Runtime, task_id: str, poked: bool, job_try: int) -> str:
         return "unknown"
     tlog = _bound(task)
     if task["status"] in tasks.TERMINAL:
-        await _release_limits(rt, task)
+        await settlement.release_slot(rt, task)
         return str(task["status"])
     model = rt.model(task)
     if _until(task["deadline_at"]) <= 0:
@@ -364,17 +362,10 @@ async def _provider_failed(rt: Runtime, task: asyncpg.Record, tlog: Log, message
 
 
 async def expire(rt: Runtime, task: asyncpg.Record, tlog: Log | None = None) -> str:
-    """The deadline path: fail a live task past its deadline with ``provider_timeout`` and release its hold.
-    Idempotent (exactly-once settlement). Raises Unavailable, NotFound."""
-    what = "started" if task["status"] == "queued" else "finished"
-    return await settle(
-        rt,
-        task,
-        "failed",
-        tlog or _bound(task),
-        error_code="provider_timeout",
-        error_message=f"the provider had not {what} the task by its deadline",
-    )
+    """The deadline path (:func:`shared.settlement.expire`): fail a live task past its deadline with
+    ``provider_timeout`` and release its hold. Idempotent (exactly-once settlement). Raises Unavailable, NotFound."""
+    row, _ = await settlement.expire(rt, task, tlog or _bound(task))
+    return str(row["status"])
 
 
 async def settle(
@@ -387,42 +378,13 @@ async def settle(
     error_code: str | None = None,
     error_message: str | None = None,
 ) -> str:
-    """End the task (``ledger.tasks.finish``: terminal state and capture/release, one transaction, exactly
-    once), then, if this call ended it, free its tier slot and schedule the client's webhook (its delivery row
-    was written in the same transaction, by the outbox trigger). Returns the task's status as it now is. Raises Unavailable."""
-    row, changed = await tasks.finish(
-        rt.pool, task["id"], status, result=result, error_code=error_code, error_message=error_message
+    """End the task through :func:`shared.settlement.settle` (terminal state and capture/release, one
+    transaction, exactly once; then, if this call ended it, the tier slot freed and the client notified, best
+    effort, after the commit). Returns the task's status as it now is. Raises Unavailable."""
+    row, _ = await settlement.settle(
+        rt, task, status, tlog, result=result, error_code=error_code, error_message=error_message
     )
-    if changed:
-        # The money lines and counters come from shared.ledger.observe, in finish itself.
-        tlog.info(f"task.{status}", error_code=error_code, charged=row["charged"])
-        await _release_limits(rt, row)
-        if row["callback_url"]:
-            # Its delivery was written with the settlement (the outbox trigger); this only schedules it now.
-            await deliveries.kick(rt, row["id"])
     return str(row["status"])
-
-
-async def _release_limits(rt: Runtime, task: asyncpg.Record) -> None:
-    # shared.limits is another module's (tier limits); it may not exist in this build. Its release is keyed by
-    # task, so calling it again for an ended task is harmless, and that is what frees a slot whose first
-    # release was lost to a crash.
-    release = _limits_release()
-    if release is None:
-        return
-    try:
-        await release(rt.redis, rt.settings, task["account_id"], task["id"])
-    except Exception as e:  # a tier slot must never hold up a settlement that already happened
-        log.warning("limits.release_failed", task_id=task["id"], error=f"{type(e).__name__}: {e}")
-
-
-def _limits_release() -> Callable[..., Awaitable[None]] | None:
-    try:
-        module = importlib.import_module("shared.limits")
-    except ImportError:
-        return None
-    release = getattr(module, "release", None)
-    return release if callable(release) else None
 
 
 # --- helpers --------------------------------------------------------------------------------------------------

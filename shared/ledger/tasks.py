@@ -19,7 +19,7 @@ import asyncpg
 
 from shared.errors import CreditqError, IdempotencyConflict, InsufficientCredits, NotCancelable, NotFound
 from shared.ledger import observe
-from shared.ledger.accounts import Conn, decode_cursor, encode_cursor
+from shared.ledger.accounts import Conn, decode_keyset_cursor, encode_cursor
 from shared.ledger.sqlerrors import mapped
 from shared.pricing import Model
 
@@ -198,13 +198,7 @@ async def list_for_account(
     after_ts: datetime | None = None
     after_id = ""
     if cursor:
-        try:
-            ts, after_id = decode_cursor(cursor).split("|", 1)
-            after_ts = datetime.fromisoformat(ts)
-        except ValueError:
-            from shared.errors import InvalidInput
-
-            raise InvalidInput("cursor is not valid", details=[{"field": "cursor"}]) from None
+        after_ts, after_id = decode_keyset_cursor(cursor)
     rows = await conn.fetch(
         "SELECT * FROM tasks WHERE account_id = $1 AND ($2::text IS NULL OR status = $2) "
         "AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4)) "
@@ -267,7 +261,7 @@ async def cancel(conn: Conn, task_id: str, account_id: str) -> asyncpg.Record:
 
 
 def task_view(r: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
-    """A task as the API shows it (CONTRACT.md's task view)."""
+    """A task as the API shows it (docs/API.md's task view)."""
     view: dict[str, Any] = {
         "taskId": r["id"],
         "model": r["model"],
