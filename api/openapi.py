@@ -211,9 +211,47 @@ SCHEMAS: dict[str, Schema] = {
         {"transferId": STR, "fromAccountId": STR, "toAccountId": STR, "amount": INT, "createdAt": TIME},
         {"memo": nullable(STR)},
     ),
+    "InputField": obj(
+        {"type": {"enum": ["string", "integer", "number", "boolean", "array"]}, "required": BOOL},
+        {
+            "default": {},
+            "enum": {"type": "array"},
+            "minimum": {"type": "number"},
+            "maximum": {"type": "number"},
+            "minLength": INT,
+            "maxLength": INT,
+            "minItems": INT,
+            "maxItems": INT,
+            "format": {"enum": ["url"]},
+            "items": {"type": "object"},
+        },
+        description="One accepted `input` field: its type, allowed values and default.",
+    ),
+    "Pricing": obj(
+        {
+            "base": INT,
+            "rules": {
+                "type": "array",
+                "items": obj(
+                    {"field": STR},
+                    {"byValue": {"type": "object", "additionalProperties": INT}, "perUnit": INT},
+                ),
+            },
+        },
+        description="cost = base + Σ rules: `byValue` credits of the field's value, or `perUnit` times its value.",
+    ),
     "Model": obj(
         {"model": STR, "kind": STR, "family": STR, "cost": INT},
-        description="A model of the price list; `cost` is the credits a default job holds.",
+        {
+            "inputs": {"type": "object", "additionalProperties": ref("InputField")},
+            "pricing": ref("Pricing"),
+        },
+        description="A model of the price list; `cost` is the credits a job with the default input holds.",
+    ),
+    "BreakdownLine": obj({"credits": INT}, {"field": STR, "value": {}}),
+    "Quote": obj(
+        {"model": STR, "cost": INT, "breakdown": {"type": "array", "items": ref("BreakdownLine")}},
+        description="What a submit of this input would hold now; the breakdown sums to `cost`.",
     ),
     "Task": obj(
         {
@@ -229,6 +267,7 @@ SCHEMAS: dict[str, Schema] = {
             "finishedAt": TIME,
             "result": obj({"urls": {"type": "array", "items": STR}}),
             "error": obj({"code": STR, "message": STR}),
+            "breakdown": {"type": "array", "items": ref("BreakdownLine")},
         },
         description="A task (job). Terminal states (`succeeded`, `failed`, `canceled`) never change again.",
     ),
@@ -336,6 +375,16 @@ OPERATIONS: dict[str, dict[str, Schema]] = {
             "The price list. Public.",
             {200: ok("The models.", obj({"items": {"type": "array", "items": ref("Model")}}))},
             tag="jobs",
+        )
+    },
+    "/v1/quotes": {
+        "post": op(
+            "The price of a job with this input, as a submit would hold it now. Holds nothing.",
+            {200: ok("The cost and its breakdown.", ref("Quote"))},
+            WRITE,
+            tag="jobs",
+            security=CALLER,
+            request=body(obj({"model": STR, "input": {"type": "object", "description": "The model's own input."}})),
         )
     },
     "/v1/jobs": {

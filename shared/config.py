@@ -14,6 +14,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from dotenv import dotenv_values
+
 from shared.errors import ConfigError
 from shared.webhooks import DEFAULT_RETRY_SECONDS
 
@@ -61,8 +63,6 @@ class Settings:
         if env is None:
             merged: dict[str, str] = {}
             if dotenv and Path(".env").is_file():
-                from dotenv import dotenv_values
-
                 merged.update({k: v for k, v in dotenv_values(".env").items() if v is not None})
             merged.update(os.environ)
             env = merged
