@@ -10,20 +10,21 @@ provider's echo of the request is ours.
 from __future__ import annotations
 
 import hmac
-import json
+import re
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from api.requests import read_body
+from api.requests import parse_object, read_body
 from api.services import services
 from shared import provider, queue
-from shared.errors import NotFound
+from shared.errors import CreditqError, NotFound
 from shared.ledger import tasks
 
 # Compared against when the task is unknown, so that a miss costs what a hit costs.
 _DUMMY_TOKEN = "x" * 32
+_PROVIDER_ID = re.compile(r"[\x21-\x7e]{1,200}")
 
 
 async def kie_callback(request: Request) -> JSONResponse:
@@ -47,13 +48,15 @@ async def kie_callback(request: Request) -> JSONResponse:
 
 
 def _provider_task_id(body: bytes) -> str | None:
-    """``data.taskId`` of a callback body (both families put it there), or None if the body has none."""
+    """``data.taskId`` of a callback body (both families put it there), or None if the body has none or is not
+    one the edge would take (not a JSON object, nested too deep, NUL characters...): the body is only a hint, so a
+    bad one is ignored, not refused. An id is 1 to 200 visible ASCII characters, as the provider's are."""
     try:
-        data = json.loads(body).get("data")
-    except (ValueError, AttributeError):
+        data = parse_object(body).get("data")
+    except CreditqError:
         return None
     named = data.get("taskId") if isinstance(data, dict) else None
-    return named if isinstance(named, str) and 0 < len(named) <= 200 else None
+    return named if isinstance(named, str) and _PROVIDER_ID.fullmatch(named) else None
 
 
 routes = [Route("/v1/webhooks/kie", kie_callback, methods=["POST"])]

@@ -47,6 +47,7 @@ class Settings:
     webhook_retry_seconds: tuple[float, ...] = DEFAULT_RETRY_SECONDS
     worker_concurrency: int = 200  # arq max_jobs: short steps, so many at once is cheap
     metrics_dir: str = ""  # prometheus multiprocess dir shared by API and workers on one host
+    poke_seconds: float = 20.0  # provider callbacks start at most one status check per task per this many seconds
 
     @property
     def callbacks_enabled(self) -> bool:
@@ -96,6 +97,8 @@ class Settings:
                 raise ConfigError(f"{_VARS[name]} must be at least 1")
         if self.kie_create_window <= 0 or self.kie_timeout <= 0:
             raise ConfigError("KIE_CREATE_WINDOW and KIE_TIMEOUT must be positive")
+        if not 0 < self.poke_seconds <= 3600:
+            raise ConfigError("CREDITQ_POKE_SECONDS must be a number of seconds from 0 to 3600 (not 0)")
 
 
 _VARS = {
@@ -120,11 +123,12 @@ _VARS = {
     "webhook_retry_seconds": "CREDITQ_WEBHOOK_RETRY_SECONDS",
     "worker_concurrency": "CREDITQ_WORKER_CONCURRENCY",
     "metrics_dir": "PROMETHEUS_MULTIPROC_DIR",
+    "poke_seconds": "CREDITQ_POKE_SECONDS",
 }
 # Variables whose empty value means "off" rather than "use the default".
 _EMPTY_OK = {"kie_api_key", "admin_token", "public_url", "payments_webhook_secret", "metrics_dir"}
 _INTS = {"db_pool_size", "kie_create_limit", "kie_query_limit", "worker_concurrency"}
-_FLOATS = {"sweep_seconds", "kie_create_window", "kie_timeout"}
+_FLOATS = {"sweep_seconds", "kie_create_window", "kie_timeout", "poke_seconds"}
 
 
 def _parse(var: str, name: str, raw: str) -> object:

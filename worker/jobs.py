@@ -45,7 +45,7 @@ import structlog
 from arq import Retry
 from redis.exceptions import RedisError
 
-from shared import db, metrics, settlement
+from shared import db, metrics, queue, settlement
 from shared.errors import (
     NotFound,
     ProviderError,
@@ -67,7 +67,7 @@ CREATE_TOKEN_WAIT = 2.0  # seconds a step may wait for a create token before re-
 QUERY_TOKEN_WAIT = 1.0
 CIRCUIT_COOLDOWN = 60.0  # an open circuit closes by itself after this, so that a create probes the provider
 CIRCUIT_RECHECK = (3.0, 6.0)  # a queued task looks at an open circuit again after this many seconds
-POKE_RECHECKS = 3  # a poke that finds the task still pending looks again this many times, 2-3 s apart
+POKE_RECHECKS = queue.POKE_RECHECKS  # a poke that finds the task still pending looks again, 2-3 s apart
 STEP_SLACK = 7.0  # a step's own time budget beyond KIE_TIMEOUT (token waits, a few statements)
 
 Log = Any  # a bound structlog logger
