@@ -293,7 +293,7 @@ class OpsState:
 
 async def ops_state(settings: Settings, pool: asyncpg.Pool | None, redis: Redis | None) -> OpsState:
     """Read the scrape-time state; never raises for an unreachable source (it is recorded in ``errors``)."""
-    from shared.ratelimit import Circuit, ProviderBudget
+    from shared.ratelimit import ProviderBudget, open_circuit_info
 
     state = OpsState()
 
@@ -313,7 +313,7 @@ async def ops_state(settings: Settings, pool: asyncpg.Pool | None, redis: Redis 
         try:
             async with asyncio.timeout(STATE_TIMEOUT_SECONDS):
                 state.queue_depth = int(await redis.zcard(settings.queue_name))
-                state.circuit = await Circuit(redis, settings).info()
+                state.circuit = await open_circuit_info(redis, settings)
                 state.circuit_known = True
                 state.provider_credits = await last_provider_credits(redis, settings)
                 state.audit = await last_audit(redis, settings)

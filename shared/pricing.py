@@ -13,7 +13,6 @@ from typing import Any
 from shared.errors import ConfigError
 
 KINDS = ("image", "video", "audio")
-FAMILIES = ("jobs", "veo")
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +23,12 @@ class Model:
     cost: int
     deadline_seconds: float
     typical_seconds: float
+    # The model's name at the provider when it differs from ours (Suno's "V4_5" for "suno/v4-5"); "" = the same.
+    provider_model: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.provider_model:
+            object.__setattr__(self, "provider_model", self.model)
 
     def public(self) -> dict[str, Any]:
         """The model as ``GET /v1/models`` shows it."""
@@ -68,12 +73,14 @@ def load(path: Path) -> Pricing:
                 cost=int(m["cost"]),
                 deadline_seconds=float(m["deadline_seconds"]),
                 typical_seconds=float(m.get("typical_seconds", 10)),
+                provider_model=str(m.get("provider_model", "")),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ConfigError(f"CREDITQ_PRICING: models[{i}] is missing or has a bad {e}") from None
-        if model.kind not in KINDS or model.family not in FAMILIES or model.cost <= 0 or model.deadline_seconds <= 0:
+        families = _families()
+        if model.kind not in KINDS or model.family not in families or model.cost <= 0 or model.deadline_seconds <= 0:
             raise ConfigError(
-                f"CREDITQ_PRICING: models[{i}] ({model.model}) needs kind in {KINDS}, family in {FAMILIES}, "
+                f"CREDITQ_PRICING: models[{i}] ({model.model}) needs kind in {KINDS}, family in {families}, "
                 "positive cost and deadline_seconds"
             )
         models[model.model] = model
@@ -95,3 +102,10 @@ def load(path: Path) -> Pricing:
     if "free" not in tiers:
         raise ConfigError("CREDITQ_PRICING: a [tiers.free] table is required (the default tier)")
     return Pricing(models=models, tiers=tiers)
+
+
+def _families() -> tuple[str, ...]:
+    """The families with an adapter (shared.families imports this module's Model, hence the late import)."""
+    from shared import families
+
+    return families.names()

@@ -245,9 +245,12 @@ class TestJobsLifecycle:
 
         first = await sim.data(task_id)
         assert first["state"] == "waiting"
-        assert first["resultJson"] == ""
-        assert first["completeTime"] is None
-        assert first["failCode"] == ""
+        # While a task waits, the real record has no resultJson and null codes, times and credits.
+        assert "resultJson" not in first
+        assert first["completeTime"] is None and first["costTime"] is None
+        assert first["failCode"] is None and first["failMsg"] is None
+        assert first["creditsConsumed"] is None
+        assert "progress" not in first  # nano-banana reports none
         assert first["taskId"] == task_id
         assert first["model"] == "google/nano-banana"
         assert json.loads(first["param"]) == {
@@ -258,12 +261,11 @@ class TestJobsLifecycle:
         await asyncio.sleep(0.25)
         middle = await sim.data(task_id)
         assert middle["state"] == "generating"
-        assert 0 < middle["progress"] < 100
 
         await asyncio.sleep(0.6)
         done = await sim.data(task_id)
         assert done["state"] == "success"
-        assert done["progress"] == 100
+        assert done["creditsConsumed"] == 1
         assert done["failCode"] == ""
         assert done["failMsg"] == ""
         assert json.loads(done["resultJson"]) == {"resultUrls": [f"https://sim.local/results/{task_id}/0.png"]}
@@ -630,9 +632,10 @@ class TestCallbacks:
         assert data["state"] == "success"
         assert json.loads(data["resultJson"]) == {"resultUrls": [f"https://sim.local/results/{task_id}/0.png"]}
         assert json.loads(data["param"])["callBackUrl"] == receiver.to("ok/a")
-        assert data["consumeCredits"] == 1
+        assert data["creditsConsumed"] == 1
         assert data["remainedCredits"] == 1_000_000 - 1
-        for name in ("costTime", "createTime", "completeTime", "updateTime"):
+        assert data["costTime"] == pytest.approx(0.2, abs=0.01)  # seconds in a callback
+        for name in ("createTime", "completeTime", "updateTime"):
             assert isinstance(data[name], int)
         stats = await sim.stats()
         assert stats["queries"] == 0
@@ -647,7 +650,8 @@ class TestCallbacks:
         assert body["msg"] == body["data"]["failMsg"]
         assert body["data"]["state"] == "fail"
         assert body["data"]["failCode"] == "422"
-        assert body["data"]["resultJson"] == ""
+        assert body["data"]["resultJson"] is None
+        assert body["data"]["creditsConsumed"] == 0
 
     async def test_veo_callbacks(self, sim: Sim, receiver: Receiver) -> None:
         ok_id = await sim.veo_id("[sim:seconds=1]", callback=receiver.to("ok/veo"))
@@ -730,7 +734,9 @@ class TestStatsAndReset:
             "prompt": "first [sim:seconds=100]",
             "model": "google/nano-banana",
             "family": "jobs",
+            "key": KEY,
         }
+        assert stats["keys"] == {KEY: {"creates": 2, "queries": 3, "rateLimited": 0}}
         assert stats["tasks"][veo_id]["state"] == "success"
         assert stats["tasks"][veo_id]["queries"] == 1
 
@@ -751,6 +757,7 @@ class TestStatsAndReset:
             "callbacksSent": 0,
             "callbacksFailed": 0,
             "callbackAttempts": 0,
+            "keys": {},
             "tasks": {},
         }
         assert (await sim.record(task_id)).json()["code"] == 404
