@@ -271,7 +271,8 @@ class _Simulator:
         if not task_id:
             return _answer(400, "taskId parameter is required")
         task = self.state.tasks.get(task_id)
-        if task is None or task.family != family:
+        # A task belongs to the key (the provider account) that created it: another key does not see it.
+        if task is None or task.family != family or (task.key and task.key != key):
             return _answer(404, "Task not found")
         task.queries += 1
         if task.queries <= task.null_queries:
