@@ -111,9 +111,9 @@ async def test_failed_status_queries_never_refund_a_task_the_provider_finishes(
     prompts = {
         IMAGE: [
             "null [sim:null=2] [sim:seconds=2]",
-            "unauthorized [sim:querybody=401] [sim:seconds=4]",
-            "not found [sim:querybody=404] [sim:seconds=4]",
-            "server [sim:querybody=500] [sim:seconds=4]",
+            "unauthorized [sim:querybody=401] [sim:seconds=80]",
+            "not found [sim:querybody=404] [sim:seconds=80]",
+            "server [sim:querybody=500] [sim:seconds=80]",
         ],
         VEO: ["veo null [sim:null=2] [sim:seconds=2]"],
     }
