@@ -13,8 +13,9 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
-from api import accounts, admin, health, jobs, observability, ops, transfers, webhooks
+from api import accounts, admin, health, jobs, observability, openapi, ops, transfers, webhooks
 from api.errors import HANDLERS, CatchAll
+from api.requests import EdgeChecks
 from api.services import Services
 from shared import pricing
 from shared.config import Settings
@@ -48,11 +49,13 @@ def create_app(settings: Settings) -> Starlette:
         *payment_routes,
         *observability.routes,
         *ops.routes,
+        *openapi.routes,
     ]
     app = Starlette(
         routes=routes,
         # RequestContext outermost: the request id is bound for every line below it, the 500s of CatchAll too.
-        middleware=[Middleware(observability.RequestContext), Middleware(CatchAll)],
+        # EdgeChecks next: a path or query no route can use is refused before routing.
+        middleware=[Middleware(observability.RequestContext), Middleware(EdgeChecks), Middleware(CatchAll)],
         exception_handlers=HANDLERS,
         lifespan=lifespan,
     )

@@ -3,7 +3,7 @@
 - ``GET /v1/admin/reconcile[?fix=true]`` (admin bearer token, as every ``/v1/admin`` route): the audit of
   :mod:`shared.ledger.audit`, the very function ``creditq audit`` runs, → 200 ``{"ok", "problems": [{"kind",
   "accountId"?, "taskId"?, "eventId"?, "detail"}]}``. With ``fix=true`` it first runs the same repairs as
-  ``creditq audit --fix`` (:func:`worker.recovery.all_fixers`) and adds ``"fixed": [what each did]``;
+  ``creditq audit --fix`` (:func:`shared.repairs.repairing`) and adds ``"fixed": [what each did]``;
   ``problems`` are then those left. Postgres down → 503.
 - ``GET /admin``: the page of :mod:`api.admin_page`. The admin token comes as the bearer header or, for a
   browser, as ``?token=`` (kept in the page's self-refresh and its lookup form). 403 while
@@ -33,11 +33,10 @@ from api.accounts import account_view
 from api.auth import bearer, require_admin
 from api.observability import connected_or_none
 from api.services import Services, services
-from shared import metrics
+from shared import metrics, repairs
 from shared.errors import Forbidden, InvalidInput, NotFound, Unauthenticated
 from shared.ledger import accounts, stats
 from shared.ledger.audit import Report, audit
-from worker.recovery import all_fixers
 
 T = TypeVar("T")
 
@@ -92,8 +91,13 @@ def _flag(request: Request, name: str) -> bool:
 async def run_audit(svc: Services, pool: asyncpg.Pool, fix: bool) -> Report:
     """The audit, with ``fix`` the same repairs as ``creditq audit --fix``; each repair is logged and the
     summary recorded for ``creditq_audit_problems`` (best effort). Raises Unavailable."""
-    fixers = all_fixers(svc.settings, svc.pricing) if fix else None
-    report = await audit(pool, svc.settings.sweep_seconds, fixers)
+    if fix:
+        # The API's own Redis for the stuck tasks' slot releases; when it is down, the repairs go on without.
+        redis = await connected_or_none(svc.arq())
+        async with repairs.repairing(svc.settings, svc.pricing, redis=redis, connect_redis=False) as fixers:
+            report = await audit(pool, svc.settings.sweep_seconds, fixers)
+    else:
+        report = await audit(pool, svc.settings.sweep_seconds)
     for line in report.fixed:
         log.info("audit.fixed", did=line)
     try:

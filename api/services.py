@@ -1,6 +1,6 @@
 """The API process's connections to Postgres and Redis, opened lazily and retried in the background.
 
-The app starts even when Postgres or Redis is down (CONTRACT.md: a down service is a 503, not a dead process):
+The app starts even when Postgres or Redis is down (docs/API.md: a down service is a 503, not a dead process):
 the lifespan only starts a background task that connects, and a request that needs a connection not yet made
 tries once itself. While a service stays down, requests fail fast for a moment after each failed attempt
 instead of each waiting out a connect timeout.

@@ -1,6 +1,6 @@
 """``POST /v1/webhooks/kie?task=<taskId>&token=<secret>``: the provider's callback.
 
-The callback is a hint, never trusted (CONTRACT.md). A known task with the right per-task token gets an
+The callback is a hint, never trusted (docs/PROVIDER.md). A known task with the right per-task token gets an
 immediate status check by a worker (a queue poke), which asks the provider itself. The body is read by the
 task's family adapter for two things only: whether it says the task ended (Suno calls back at stages on the way,
 ``text`` and ``first``: those poke nothing, the final ``complete`` or ``error`` does), and, for a task still

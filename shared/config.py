@@ -3,7 +3,7 @@
 Every setting is an environment variable (a ``.env`` file in the working directory may supply them; real
 environment variables win). :meth:`Settings.from_env` validates everything at start and raises
 :class:`~shared.errors.ConfigError` with a one-line message naming the variable, never a traceback.
-CONTRACT.md names the first nine; the rest are creditq's own and documented in the README.
+docs/CONFIGURATION.md documents every one: the first nine are the core, the rest creditq's own.
 """
 
 from __future__ import annotations

@@ -215,7 +215,7 @@ def _verdict(family: Family, resp: httpx.Response, path: str, *, create: bool) -
         raw = body.get("code")
         if isinstance(raw, int) and not isinstance(raw, bool):
             code = raw
-        elif isinstance(raw, str) and raw.isdigit():
+        elif isinstance(raw, str) and raw.isascii() and raw.isdigit() and len(raw) <= 6:
             code = int(raw)
         msg = str(body.get("msg") or body.get("message") or "")
         data = body.get("data")

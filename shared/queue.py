@@ -1,6 +1,6 @@
 """The arq queue: how the API and the sweeper say "look at task X soon".
 
-Redis is only a hint (DESIGN.md principle 1): a task whose queue entry is lost is found again in Postgres by the
+Redis is only a hint (docs/ARCHITECTURE.md, principle 1): a task whose queue entry is lost is found again in Postgres by the
 sweeper. Each task has one arq job id, ``task:<taskId>``, so enqueueing a task that is already queued is a no-op;
 a callback's "look now" uses a second id, ``poke:<taskId>``, so it is never swallowed by the deferred poll job.
 """
