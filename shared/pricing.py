@@ -166,13 +166,13 @@ class Model:
     typical_seconds: float
     inputs: Mapping[str, InputField] = field(default_factory=lambda: {"prompt": DEFAULT_PROMPT}, compare=False)
     rules: PriceRules | None = field(default=None, compare=False)
+    # The model's name at the provider when it differs from ours (Suno's "V4_5" for "suno/v4-5"); "" = the same.
+    provider_model: str = ""
 
     @property
     def price_rules(self) -> PriceRules:
         """The model's rules (a model built in code without rules has a fixed price: ``cost``)."""
         return self.rules if self.rules is not None else PriceRules(base=self.cost)
-    # The model's name at the provider when it differs from ours (Suno's "V4_5" for "suno/v4-5"); "" = the same.
-    provider_model: str = ""
 
     def __post_init__(self) -> None:
         if not self.provider_model:
