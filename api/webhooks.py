@@ -12,20 +12,21 @@ ours.
 from __future__ import annotations
 
 import hmac
-import json
+import re
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from api.requests import read_body
+from api.requests import parse_object, read_body
 from api.services import services
 from shared import provider, queue
-from shared.errors import NotFound
+from shared.errors import CreditqError, NotFound
 from shared.ledger import tasks
 
 # Compared against when the task is unknown, so that a miss costs what a hit costs.
 _DUMMY_TOKEN = "x" * 32
+_PROVIDER_ID = re.compile(r"[\x21-\x7e]{1,200}")
 
 
 async def kie_callback(request: Request) -> JSONResponse:
@@ -42,19 +43,27 @@ async def kie_callback(request: Request) -> JSONResponse:
         redis = await svc.arq()
         hint = provider.read_callback(task["family"], _json(await read_body(request)))
         recovering = task["status"] == "queued" and task["provider_task_id"] is None
-        if recovering and hint.provider_task_id is not None:
-            await provider.note_provider_task(redis, svc.settings, task_id, hint.provider_task_id)
+        named = _provider_task_id(hint.provider_task_id)
+        if recovering and named is not None:
+            await provider.note_provider_task(redis, svc.settings, task_id, named)
         if hint.final or recovering:
             await queue.poke(redis, svc.settings, task_id)
     return JSONResponse({"ok": True})
 
 
 def _json(body: bytes) -> object:
-    """The callback body as JSON, or None when it is not JSON (then it names nothing)."""
+    """The callback body as JSON, or None if it is not one the edge would take (not a JSON object, nested too
+    deep, NUL characters...): the body is only a hint, so a bad one names nothing, it is not refused."""
     try:
-        return json.loads(body)
-    except ValueError:
+        return parse_object(body)
+    except CreditqError:
         return None
+
+
+def _provider_task_id(named: str | None) -> str | None:
+    """A provider task id the family's adapter read from a callback, if it looks like one: 1 to 200 visible
+    ASCII characters, as the provider's are."""
+    return named if named is not None and _PROVIDER_ID.fullmatch(named) else None
 
 
 routes = [Route("/v1/webhooks/kie", kie_callback, methods=["POST"])]

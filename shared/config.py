@@ -14,6 +14,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from dotenv import dotenv_values
+
 from shared.errors import ConfigError
 
 BUNDLED_PRICING = Path(__file__).with_name("pricing.toml")
@@ -43,6 +45,7 @@ class Settings:
     allow_private_callbacks: bool = False  # let clients give callbackUrl on private addresses
     worker_concurrency: int = 200  # arq max_jobs: short steps, so many at once is cheap
     metrics_dir: str = ""  # prometheus multiprocess dir shared by API and workers on one host
+    poke_seconds: float = 20.0  # provider callbacks start at most one status check per task per this many seconds
 
     @property
     def provider_keys(self) -> tuple[str, ...]:
@@ -67,8 +70,6 @@ class Settings:
         if env is None:
             merged: dict[str, str] = {}
             if dotenv and Path(".env").is_file():
-                from dotenv import dotenv_values
-
                 merged.update({k: v for k, v in dotenv_values(".env").items() if v is not None})
             merged.update(os.environ)
             env = merged
@@ -102,6 +103,8 @@ class Settings:
                 raise ConfigError(f"{_VARS[name]} must be at least 1")
         if self.kie_create_window <= 0 or self.kie_timeout <= 0:
             raise ConfigError("KIE_CREATE_WINDOW and KIE_TIMEOUT must be positive")
+        if not 0 < self.poke_seconds <= 3600:
+            raise ConfigError("CREDITQ_POKE_SECONDS must be a number of seconds from 0 to 3600 (not 0)")
 
 
 _VARS = {
@@ -126,11 +129,12 @@ _VARS = {
     "allow_private_callbacks": "CREDITQ_ALLOW_PRIVATE_CALLBACKS",
     "worker_concurrency": "CREDITQ_WORKER_CONCURRENCY",
     "metrics_dir": "PROMETHEUS_MULTIPROC_DIR",
+    "poke_seconds": "CREDITQ_POKE_SECONDS",
 }
 # Variables whose empty value means "off" rather than "use the default".
 _EMPTY_OK = {"kie_api_key", "kie_api_keys", "admin_token", "public_url", "payments_webhook_secret", "metrics_dir"}
 _INTS = {"db_pool_size", "kie_create_limit", "kie_query_limit", "worker_concurrency"}
-_FLOATS = {"sweep_seconds", "kie_create_window", "kie_timeout"}
+_FLOATS = {"sweep_seconds", "kie_create_window", "kie_timeout", "poke_seconds"}
 
 
 def _parse(var: str, name: str, raw: str) -> object:

@@ -54,7 +54,7 @@ import structlog
 from arq import Retry
 from redis.exceptions import RedisError
 
-from shared import db, families, metrics, settlement
+from shared import db, families, metrics, queue, settlement
 from shared.errors import (
     NotFound,
     ProviderAccountRefused,
@@ -79,7 +79,7 @@ CIRCUIT_COOLDOWN = 60.0  # an open circuit closes by itself after this, so that 
 CIRCUIT_REASONS = {401: "provider_unauthorized", 402: "provider_out_of_credits", 433: "provider_usage_cap"}
 CIRCUIT_COOLDOWNS = {433: 300.0}
 CIRCUIT_RECHECK = (3.0, 6.0)  # a queued task looks at an open circuit again after this many seconds
-POKE_RECHECKS = 3  # a poke that finds the task still pending looks again this many times, 2-3 s apart
+POKE_RECHECKS = queue.POKE_RECHECKS  # a poke that finds the task still pending looks again, 2-3 s apart
 STEP_SLACK = 7.0  # a step's own time budget beyond KIE_TIMEOUT (token waits, a few statements)
 STATUS_BACKOFF_BASE = 2.0  # a failed status query: look again after 1-2 s, then 2-4, 4-8... up to 30-60 s
 STATUS_BACKOFF_CAP = 60.0
