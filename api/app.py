@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
-from api import accounts, admin, health, jobs, observability, openapi, ops, payments, transfers, webhooks
+from api import accounts, admin, health, jobs, lots, observability, openapi, ops, payments, transfers, webhooks
 from api.errors import HANDLERS, CatchAll
 from api.requests import EdgeChecks
 from api.services import Services
@@ -41,6 +41,7 @@ def create_app(settings: Settings) -> Starlette:
         *jobs.routes,
         *transfers.routes,
         *admin.routes,
+        *lots.routes,
         *webhooks.routes,
         *payments.routes,
         *observability.routes,

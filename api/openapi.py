@@ -186,8 +186,24 @@ SCHEMAS: dict[str, Schema] = {
             "available": INT,
             "limits": ref("Limits"),
         },
-        {"createdAt": TIME},
-        description="`available = balance - held`.",
+        {
+            "createdAt": TIME,
+            "expiringNext": nullable(obj({"credits": INT, "expiresAt": TIME})),
+            "owed": {"type": "integer", "minimum": 0},
+        },
+        description="`available = balance - held`; below zero only when a refund or dispute took back spent "
+        "credits (`owed`), and then every job is 402.",
+    ),
+    "Lot": obj(
+        {
+            "lotId": STR,
+            "kind": {"enum": ["grant", "purchase", "subscription", "adjustment", "transfer_in", "dispute_reversal"]},
+            "granted": INT,
+            "remaining": INT,
+            "expiresAt": nullable(TIME),
+            "createdAt": TIME,
+        },
+        description="Credits that came in together; spent soonest expiry first, never-expiring last.",
     ),
     "NewAccount": {
         "allOf": [ref("Account"), obj({"apiKey": STR, "keyId": STR})],
@@ -204,7 +220,7 @@ SCHEMAS: dict[str, Schema] = {
             "heldAfter": INT,
             "createdAt": TIME,
         },
-        {"taskId": STR, "reason": STR, "transferId": STR},
+        {"taskId": STR, "reason": STR, "transferId": STR, "lotId": STR},
         description="A ledger entry. For every account: `balance = Σ amount`, `held = Σ heldDelta`.",
     ),
     "Transfer": obj(
@@ -318,7 +334,7 @@ SCHEMAS: dict[str, Schema] = {
             "receivedAt": TIME,
             "appliedAt": nullable(TIME),
         },
-        {"payload": {"type": "object"}},
+        {"payload": {"type": "object"}, "dismissedAt": TIME, "dismissedReason": STR},
     ),
     "Report": obj(
         {
@@ -445,6 +461,16 @@ OPERATIONS: dict[str, dict[str, Schema]] = {
             parameters=[LIMIT, CURSOR],
         )
     },
+    "/v1/account/lots": {
+        "get": op(
+            "The caller's lots, in the order they are spent.",
+            {200: ok("The lots.", obj({"items": {"type": "array", "items": ref("Lot")}}))},
+            (*READ, 422),
+            tag="account",
+            security=CALLER,
+            parameters=[query("all", {"enum": ["true", "false"]}, "Include lots with nothing left.")],
+        )
+    },
     "/v1/transfers": {
         "post": op(
             "Move credits to another account.",
@@ -530,10 +556,24 @@ OPERATIONS: dict[str, dict[str, Schema]] = {
             security=ADMIN,
             request=body(
                 obj(
-                    {"amount": {"type": "integer", "not": {"const": 0}}, "reason": {"type": "string", "maxLength": 500}}
+                    {
+                        "amount": {"type": "integer", "not": {"const": 0}},
+                        "reason": {"type": "string", "maxLength": 500},
+                    },
+                    {"expiresAt": {**TIME, "description": "A positive amount's lot expires then (future)."}},
                 )
             ),
             parameters=[ACCOUNT_REF, IDEMPOTENCY_KEY],
+        )
+    },
+    "/v1/admin/accounts/{ref}/lots": {
+        "get": op(
+            "An account's lots, in the order they are spent.",
+            {200: ok("The lots.", obj({"items": {"type": "array", "items": ref("Lot")}}))},
+            (*READ, 404, 422),
+            tag="admin",
+            security=ADMIN,
+            parameters=[ACCOUNT_REF, query("all", {"enum": ["true", "false"]}, "Include lots with nothing left.")],
         )
     },
     "/v1/admin/accounts/{ref}/keys": {
@@ -575,7 +615,8 @@ OPERATIONS: dict[str, dict[str, Schema]] = {
             tag="payments",
             security=ADMIN,
             parameters=[
-                query("status", {"enum": ["pending", "applied", "ignored"]}, "Only these."),
+                query("status", {"enum": ["pending", "applied", "ignored", "dismissed"]}, "Only these."),
+                query("type", STR, "Only this event type (e.g. `invoice.payment_failed`)."),
                 query("limit", {"type": "integer", "minimum": 1, "maximum": 200}, "Page size, 1..200 (default 50)."),
                 CURSOR,
             ],
@@ -598,6 +639,17 @@ OPERATIONS: dict[str, dict[str, Schema]] = {
             (*READ, 404, 422),
             tag="payments",
             security=ADMIN,
+            parameters=[path_param("eventId", "The sender's event id.")],
+        )
+    },
+    "/v1/admin/payments/events/{eventId}/dismiss": {
+        "post": op(
+            "Dismiss a pending event that can never apply, with a reason (recorded); the audit stops reporting it.",
+            {200: ok("The event, dismissed.", ref("PaymentEvent"))},
+            (*WRITE, 404, 409),
+            tag="payments",
+            security=ADMIN,
+            request=body(obj({"reason": {"type": "string", "minLength": 1, "maxLength": 500}})),
             parameters=[path_param("eventId", "The sender's event id.")],
         )
     },

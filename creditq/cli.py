@@ -77,6 +77,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="settle what should be settled and re-apply stored events, then check again",
     )
+    audit.add_argument(
+        "--dismiss",
+        metavar="EVENT_ID",
+        default=None,
+        help="dismiss a pending payment event that can never apply (needs --reason), then check",
+    )
+    audit.add_argument("--reason", default=None, help="why the event is dismissed (recorded with it)")
 
     submit = sub.add_parser("submit", help="submit a job with your API key and follow it")
     submit.add_argument("--model", required=True, help="a model from GET /v1/models")
@@ -125,8 +132,17 @@ async def _audit(settings: Settings, args: argparse.Namespace) -> int:
     from shared import db
     from shared.ledger.audit import audit
 
+    if args.dismiss is not None and not (args.reason or "").strip():
+        print("creditq: error: --dismiss needs --reason", file=sys.stderr)
+        return 2
     pool = await db.create_pool(settings, max_size=4)
     try:
+        if args.dismiss is not None:
+            dismissed = await _dismiss(pool, args.dismiss, args.reason)
+            if dismissed is not None:
+                print(dismissed, file=sys.stderr)
+                return 2
+            print(f"dismissed: payment event {args.dismiss}")
         if args.fix:
             # The same repairs as GET /v1/admin/reconcile?fix=true, ending stuck tasks as the worker does.
             from shared.repairs import repairing
@@ -152,6 +168,18 @@ async def _audit(settings: Settings, args: argparse.Namespace) -> int:
             print(f"{p.kind}: {where}: {p.detail}")
         print("audit: clean" if report.ok else f"audit: {len(report.problems)} problem(s)")
     return 0 if report.ok else 1
+
+
+async def _dismiss(pool: Any, event_id: str, reason: str) -> str | None:
+    """Dismiss one payment event; None when done, else the one-line error to print."""
+    from shared.errors import CreditqError
+    from shared.ledger import payments
+
+    try:
+        await payments.dismiss_event(pool, event_id, reason)
+    except CreditqError as e:
+        return f"creditq: error: {e.message}"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:

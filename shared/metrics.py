@@ -121,6 +121,9 @@ PAYMENT_EVENTS = Counter(
     "Payment webhook deliveries by outcome (applied, repeat, ignored, pending, rejected).",
     ["outcome"],
 )
+LOTS_EXPIRED = Counter(
+    "creditq_lots_expired_total", "Expiration entries written by the sweep (one per lot and expiry run)."
+)
 SWEEPER_RECOVERIES = Counter(
     "creditq_sweeper_recoveries_total",
     "Tasks the sweeper recovered: re-enqueued after their queue entry was lost (requeued) or ended past "
@@ -327,6 +330,20 @@ def _gauge(name: str, documentation: str) -> Metric:
     return Metric(name, documentation, "gauge")
 
 
+def _money_gauges(g: stats.Gauges) -> list[tuple[str, str, int]]:
+    """Money over time: lots expiring soon, accounts in debt and what they owe."""
+    return [
+        (
+            "creditq_lots_expiring_soon",
+            "Lots with credits left that expire within 7 days (or are past expiry, awaiting the sweep).",
+            g.expiring_lots,
+        ),
+        ("creditq_credits_expiring_soon", "Credits left in those lots.", g.expiring_credits),
+        ("creditq_accounts_in_debt", "Accounts whose available is below zero (a refund or dispute).", g.in_debt),
+        ("creditq_credits_owed", "Credits those accounts owe (Σ held - balance where negative).", g.owed),
+    ]
+
+
 def state_families(state: OpsState) -> list[Metric]:
     """The scrape-time gauges of ``state`` as Prometheus families (a part that could not be read is left out, and
     ``creditq_state_source_up`` says so). Pure."""
@@ -358,6 +375,7 @@ def state_families(state: OpsState) -> list[Metric]:
             ),
             ("creditq_ledger_accounts", "Accounts.", g.accounts),
             ("creditq_payment_events_pending", "Payment events stored but not applied.", g.pending_events),
+            *_money_gauges(g),
         ):
             m = _gauge(name, doc)
             m.add_sample(name, {}, float(value))
@@ -448,6 +466,7 @@ AUDIT_KINDS = (
     "stuck_task",
     "capture_mismatch",
     "unapplied_event",
+    "lots_mismatch",
 )
 
 

@@ -257,6 +257,8 @@ class Tier:
     daily_jobs: int  # 0: no limit
     concurrent_jobs: int  # 0: no limit
     cooldown_seconds: dict[str, int] = field(default_factory=dict)
+    # Subscription credits of this tier outlive their billing period (true) or expire at its end (false).
+    rollover: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +272,12 @@ class Pricing:
     def tier(self, name: str) -> Tier:
         """The tier by name; an account whose tier left the price list is treated as ``free``."""
         return self.tiers.get(name) or self.tiers["free"]
+
+
+def _flag(value: object, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"CREDITQ_PRICING: {where} must be true or false")
+    return value
 
 
 def load(path: Path) -> Pricing:
@@ -302,6 +310,7 @@ def parse(data: Mapping[str, Any]) -> Pricing:
                 daily_jobs=int(t.get("daily_jobs", 0)),
                 concurrent_jobs=int(t.get("concurrent_jobs", 0)),
                 cooldown_seconds={str(k): int(v) for k, v in dict(t.get("cooldown_seconds", {})).items()},
+                rollover=_flag(t.get("rollover", False), f"tiers.{name}.rollover"),
             )
         except (TypeError, ValueError, AttributeError) as e:
             raise ConfigError(f"CREDITQ_PRICING: tiers.{name}: {e}") from None

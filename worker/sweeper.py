@@ -18,13 +18,14 @@ import random
 import structlog
 
 from shared import metrics, queue
-from shared.ledger import tasks
+from shared.ledger import money, tasks
 from worker import fleet, jobs, observe
 from worker.runtime import Runtime
 
 log = structlog.get_logger("creditq.worker")
 
 CREDIT_POLL_SECONDS = 3.0
+EXPIRY_BATCH = 500  # accounts per expiry transaction
 
 
 def sweeper_key(queue_name: str) -> str:
@@ -33,11 +34,13 @@ def sweeper_key(queue_name: str) -> str:
 
 
 async def sweep(rt: Runtime) -> tuple[int, int]:
-    """One sweep: re-enqueue overdue live tasks and settle expired ones. Returns (requeued, expired).
+    """One sweep: expire lots past their expiry, re-enqueue overdue live tasks and settle expired ones. Returns
+    (requeued, expired) tasks.
 
-    Idempotent (enqueue is a no-op for an existing job; settlement is exactly once). Raises Unavailable or
-    redis errors; the loop logs them and tries again next interval.
+    Idempotent (an expired lot is expired once; enqueue is a no-op for an existing job; settlement is exactly
+    once). Raises Unavailable or redis errors; the loop logs them and tries again next interval.
     """
+    await expire_lots(rt)
     requeued = expired = 0
     for row in await tasks.overdue(rt.pool, rt.settings.sweep_seconds):
         if row["expired"]:
@@ -51,6 +54,21 @@ async def sweep(rt: Runtime) -> tuple[int, int]:
         metrics.SWEEPER_RECOVERIES.labels("expired").inc(expired)
         log.info("sweep", requeued=requeued, expired=expired)
     return requeued, expired
+
+
+async def expire_lots(rt: Runtime) -> int:
+    """Credits whose lot has expired leave the balance (``expiration`` entries), in batches of accounts until
+    none is left, so that every lot is expired within a sweep interval of its expiry. Returns the entries
+    written. Raises what the pool raises."""
+    total = 0
+    while True:
+        n = await money.expire_lots(rt.pool, EXPIRY_BATCH)
+        total += n
+        if n == 0:  # every due account writes at least one entry, so each call until then makes progress
+            break
+    if total:
+        metrics.LOTS_EXPIRED.inc(total)
+    return total
 
 
 async def sweeper_loop(rt: Runtime) -> None:

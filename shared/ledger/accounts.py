@@ -197,6 +197,8 @@ def entry_view(r: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
         view["reason"] = r["reason"]
     if r["transfer_id"] is not None:
         view["transferId"] = r["transfer_id"]
+    if r.get("lot_id") is not None:
+        view["lotId"] = r["lot_id"]
     return view
 
 
