@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from dotenv import dotenv_values
 
 from shared.errors import ConfigError
+from shared.webhooks import DEFAULT_RETRY_SECONDS
 
 BUNDLED_PRICING = Path(__file__).with_name("pricing.toml")
 
@@ -43,6 +44,8 @@ class Settings:
     kie_query_limit: int = 10  # provider status queries per second, per key
     kie_timeout: float = 30.0  # seconds for any one provider call
     allow_private_callbacks: bool = False  # let clients give callbackUrl on private addresses
+    # Client webhooks: seconds to wait after each failed delivery attempt; the last attempt comes after the last.
+    webhook_retry_seconds: tuple[float, ...] = DEFAULT_RETRY_SECONDS
     worker_concurrency: int = 200  # arq max_jobs: short steps, so many at once is cheap
     metrics_dir: str = ""  # prometheus multiprocess dir shared by API and workers on one host
     poke_seconds: float = 20.0  # provider callbacks start at most one status check per task per this many seconds
@@ -127,6 +130,7 @@ _VARS = {
     "kie_query_limit": "KIE_QUERY_LIMIT",
     "kie_timeout": "KIE_TIMEOUT",
     "allow_private_callbacks": "CREDITQ_ALLOW_PRIVATE_CALLBACKS",
+    "webhook_retry_seconds": "CREDITQ_WEBHOOK_RETRY_SECONDS",
     "worker_concurrency": "CREDITQ_WORKER_CONCURRENCY",
     "metrics_dir": "PROMETHEUS_MULTIPROC_DIR",
     "poke_seconds": "CREDITQ_POKE_SECONDS",
@@ -152,6 +156,14 @@ def _parse(var: str, name: str, raw: str) -> object:
         if raw.lower() not in ("1", "true", "yes", "0", "false", "no", ""):
             raise ConfigError(f"{var} must be true or false, got {raw!r}")
         return raw.lower() in ("1", "true", "yes")
+    if name == "webhook_retry_seconds":
+        try:
+            delays = tuple(float(x) for x in raw.split(","))
+        except ValueError:
+            raise ConfigError(f"{var} must be comma-separated seconds, e.g. 5,300,1800; got {raw!r}") from None
+        if not delays or not all(0 < d < 10**7 for d in delays):
+            raise ConfigError(f"{var} must list positive numbers of seconds, got {raw!r}")
+        return delays
     if name == "pricing_path":
         return Path(raw)
     if name == "kie_api_keys":
