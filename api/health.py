@@ -11,6 +11,7 @@ from starlette.routing import Route
 from api.services import Services, services
 from shared import metrics
 from shared.ledger import accounts
+from shared.ratelimit import circuit_keys
 
 CHECK_TIMEOUT_SECONDS = 2.0
 
@@ -35,7 +36,7 @@ async def _redis(svc: Services) -> tuple[str, str, dict[str, object] | None]:
     try:
         redis = await svc.arq()
         async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
-            circuit = await redis.exists(f"{svc.settings.queue_name}:circuit")
+            circuit = await redis.exists(*circuit_keys(svc.settings))
             reach = await metrics.provider_reach(redis, svc.settings)
     except Exception:
         return "down", "unknown", None

@@ -9,6 +9,7 @@ traceback for those. Every option's default is shown in ``--help``.
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import sys
 from collections.abc import Coroutine
@@ -40,6 +41,13 @@ app = typer.Typer(
 accounts_app = typer.Typer(help="manage accounts", no_args_is_help=True)
 app.add_typer(accounts_app, name="accounts")
 client.register(app)
+
+
+class RateLimitStyle(enum.StrEnum):
+    """How the simulator refuses a call over its limits."""
+
+    http = "http"
+    body = "body"
 
 
 def _version(value: bool) -> None:
@@ -117,12 +125,22 @@ def sim(
     host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port", min=1, max=65535)] = 8100,
     api_key: Annotated[
-        str | None, typer.Option(help="accept only this bearer key (default: any non-empty key)")
+        str | None, typer.Option(help="accept only this bearer key, or these (comma-separated); default any key")
     ] = None,
     credits: Annotated[float, typer.Option(help="the simulated provider balance")] = 1_000_000,
     time_scale: Annotated[float, typer.Option(help="multiply every duration by this")] = 1.0,
     create_limit: Annotated[int, typer.Option(help="creates per 10 s per key (0: no limit)")] = 20,
     query_limit: Annotated[int, typer.Option(help="status queries per second per key (0: no limit)")] = 10,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="refuse (code 422) unknown models and fields, as the provider does")
+    ] = False,
+    rate_limit_style: Annotated[
+        RateLimitStyle,
+        typer.Option(help="over a limit: HTTP 429 with Retry-After (http), or HTTP 200 with body code 429 (body)"),
+    ] = RateLimitStyle.http,
+    callback_key: Annotated[
+        str | None, typer.Option(help="sign callbacks with this HMAC key, as the provider does")
+    ] = None,
 ) -> int:
     """Serve the KIE.ai simulator (its prompt directives: docs/SIMULATOR.md)."""
     import uvicorn
@@ -130,7 +148,14 @@ def sim(
     from sim.app import SimOptions, create_app
 
     options = SimOptions(
-        api_key=api_key, credits=credits, time_scale=time_scale, create_limit=create_limit, query_limit=query_limit
+        api_key=api_key,
+        credits=credits,
+        time_scale=time_scale,
+        create_limit=create_limit,
+        query_limit=query_limit,
+        strict=strict,
+        rate_limit_style=rate_limit_style.value,
+        callback_key=callback_key,
     )
     print(f"creditq sim: KIE.ai simulator on http://{host}:{port}", file=sys.stderr)
     uvicorn.run(create_app(options), host=host, port=port, log_level="warning")
