@@ -40,6 +40,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 
+from shared import redis_keys
 from shared.config import Settings
 from shared.ledger import stats
 from shared.ratelimit import ProviderBudget, open_circuit_info
@@ -141,12 +142,12 @@ WORKER_LABEL = "worker"
 
 def workers_key(settings: Settings) -> str:
     """The sorted set of worker ids, scored by the time of their last snapshot."""
-    return f"{settings.queue_name}:metrics:workers"
+    return redis_keys.metrics_workers(settings.queue_name)
 
 
 def snapshot_key(settings: Settings, worker_id: str) -> str:
     """Where worker ``worker_id`` keeps its snapshot."""
-    return f"{settings.queue_name}:metrics:worker:{worker_id}"
+    return redis_keys.metrics_snapshot(settings.queue_name, worker_id)
 
 
 def worker_id() -> str:
@@ -430,7 +431,7 @@ PROVIDER_CREDITS_TTL_SECONDS = 86_400  # a day-old balance is still worth showin
 
 def provider_credits_key(settings: Settings) -> str:
     """The Redis key of the provider's last polled credit balance."""
-    return f"{settings.queue_name}:provider:credits"
+    return redis_keys.provider_credits(settings.queue_name)
 
 
 async def record_provider_credits(redis: Redis, settings: Settings, credits: float) -> None:
@@ -472,7 +473,7 @@ AUDIT_KINDS = (
 
 def audit_key(settings: Settings) -> str:
     """The Redis key of the last audit's summary."""
-    return f"{settings.queue_name}:audit:last"
+    return redis_keys.audit_last(settings.queue_name)
 
 
 @dataclass(frozen=True, slots=True)
