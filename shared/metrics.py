@@ -42,7 +42,7 @@ from redis.asyncio import Redis
 
 from shared import redis_keys
 from shared.config import Settings
-from shared.ledger import stats
+from shared.ledger import audit, stats
 from shared.ratelimit import ProviderBudget, open_circuit_info
 
 # --- What the API and the workers count -----------------------------------------------------------------------
@@ -406,7 +406,7 @@ def state_families(state: OpsState) -> list[Metric]:
         out.extend((used, limit))
     if state.audit is not None:
         problems = _gauge("creditq_audit_problems", "Problems found by the last audit, by kind (0 when clean).")
-        for kind in sorted(set(AUDIT_KINDS) | set(state.audit.counts)):
+        for kind in sorted(set(audit.KINDS) | set(state.audit.counts)):
             problems.add_sample("creditq_audit_problems", {"kind": kind}, float(state.audit.counts.get(kind, 0)))
         out.append(problems)
         m = _gauge("creditq_audit_timestamp_seconds", "Unix time of the last audit.")
@@ -456,19 +456,6 @@ async def last_provider_credits(redis: Redis, settings: Settings) -> tuple[float
 # --- The last audit, as a worker (or the API) last ran it ----------------------------------------------------------
 
 AUDIT_TTL_SECONDS = 86_400
-# Every kind the audit reports (shared/ledger/audit.py), so that each has a series, 0 while clean.
-AUDIT_KINDS = (
-    "balance_mismatch",
-    "held_mismatch",
-    "negative_available",
-    "entry_arithmetic",
-    "open_hold_on_terminal_task",
-    "open_hold_without_task",
-    "stuck_task",
-    "capture_mismatch",
-    "unapplied_event",
-    "lots_mismatch",
-)
 
 
 def audit_key(settings: Settings) -> str:
