@@ -38,7 +38,7 @@ from shared.errors import CreditqError, NotFound, UnappliedEvent
 from shared.ledger import payments
 from shared.signature import HEADER, parse_secrets, verify
 
-log = structlog.get_logger()
+log = structlog.get_logger("creditq.api")
 
 EVENTS = metrics.PAYMENT_EVENTS  # defined with every other metric, in shared.metrics
 
@@ -66,7 +66,7 @@ async def payments_webhook(request: Request) -> JSONResponse:
         verify(body, request.headers.get(HEADER), secrets)
     except CreditqError as e:
         EVENTS.labels("rejected").inc()
-        log.warning("payment event rejected", reason=e.message)
+        log.warning("payment_event.rejected", reason=e.message)
         raise
     event = parse_object(body)
     event_id, event_type = payments.event_identity(event)

@@ -40,7 +40,7 @@ from shared.ledger.sqlerrors import mapped
 from shared.ledger.stripe_events import initial_status, interpret
 from shared.pricing import Pricing
 
-log = structlog.get_logger()
+log = structlog.get_logger("creditq.shared.ledger")
 
 # A connection, or a pool for one statement on any of its connections. (Declared here as an explicit alias:
 # asyncpg is untyped, and mypy rejects an implicit alias of two Any types.)
@@ -201,7 +201,7 @@ async def store_event(conn: Conn, event_id: str, event_type: str, event: dict[st
             stored = StoredEvent.from_record(r, inserted=r["inserted"])
             if not stored.inserted and stored.payload != event:
                 # Senders resend an event unchanged; a different body under the same id is worth a look.
-                log.warning("payment event resent with another payload; the first is kept", event_id=event_id)
+                log.warning("payment_event.resent_changed", event_id=event_id)
             return stored
     raise AssertionError(f"payment event {event_id} neither inserted nor found")
 
@@ -258,7 +258,7 @@ async def apply_event(conn: Conn, pricing: Pricing, event_id: str, stored: Store
     outcome = _outcome(StoredEvent.from_record(r), applied=r["applied"], credited=r["credited"], entry_id=r["entry_id"])
     if outcome.status == "pending":
         log.warning(
-            "payment event not applied",
+            "payment_event.not_applied",
             event_id=event_id,
             event_type=event.type,
             account_id=outcome.account_id,
@@ -267,7 +267,7 @@ async def apply_event(conn: Conn, pricing: Pricing, event_id: str, stored: Store
         )
     elif outcome.applied:
         log.info(
-            "payment event applied",
+            "payment_event.applied",
             event_id=event_id,
             event_type=event.type,
             account_id=outcome.account_id,
@@ -295,7 +295,7 @@ async def dismiss_event(conn: Conn, event_id: str, reason: str) -> StoredEvent:
     event = StoredEvent.from_record(r)
     if event.status != "dismissed":
         raise Conflict(f"payment event {event_id} is {event.status}: only a pending event can be dismissed")
-    log.info("payment event dismissed", event_id=event_id, reason=event.dismissed_reason)
+    log.info("payment_event.dismissed", event_id=event_id, reason=event.dismissed_reason)
     return event
 
 
