@@ -5,7 +5,7 @@ The flow (the webhook route, the admin re-apply and ``creditq audit --fix`` all 
 1. :func:`store_event` inserts the event, keyed by its id, before anything else happens to it. Types
    creditq does not act on are stored as ``ignored``; the rest as ``pending``. A repeat of an id returns the
    stored row (the first payload is kept: it is the record of what was received).
-2. :func:`apply_event` reads what the event asks for (:func:`shared.ledger.stripe_events.interpret`, pure
+2. :func:`apply_event` reads what the event asks for (:func:`shared.payment_events.interpret`, pure
    Python, because it needs the price list and knows Stripe's shapes), then calls the SQL function
    ``cq_apply_payment_event`` (migrations/007_money_over_time.sql): one round trip, one transaction that
    locks the event row, finds the account (or the purchase a refund names), writes the ledger entry (and the
@@ -20,7 +20,7 @@ them, and the losers find the event applied. Behind it, for different event ids:
 service period), the purchase row lock and the refund and dispute ids. Nothing here writes a balance except
 through the SQL money functions.
 
-What each event type does is in :mod:`shared.ledger.stripe_events` (and docs/API.md, "Payment events").
+What each event type does is in :mod:`shared.payment_events` (and docs/API.md, "Payment events").
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from shared.errors import Conflict, InvalidInput, NotFound
 from shared.ledger import cursors
 from shared.ledger.audit import Fixer, Problem
 from shared.ledger.sqlerrors import mapped
-from shared.ledger.stripe_events import initial_status, interpret
+from shared.payment_events import initial_status, interpret
 from shared.pricing import Pricing
 
 log = structlog.get_logger("creditq.shared.ledger")
