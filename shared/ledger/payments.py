@@ -25,7 +25,6 @@ What each event type does is in :mod:`shared.payment_events` (and docs/API.md, "
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeAlias
@@ -47,7 +46,6 @@ log = structlog.get_logger("creditq.shared.ledger")
 Conn: TypeAlias = "asyncpg.Connection | asyncpg.Pool"
 
 STATUSES = ("pending", "applied", "ignored", "dismissed")
-MAX_EVENT_ID_LENGTH = 255
 MAX_DISMISS_REASON_LENGTH = 500
 
 
@@ -141,25 +139,6 @@ class Outcome:
         if self.detail is not None:
             out["detail"] = self.detail
         return out
-
-
-# --- Reading an event ---------------------------------------------------------------------------------------
-
-
-def event_identity(event: Mapping[str, Any]) -> tuple[str, str]:
-    """(id, type) of a parsed event. Raises InvalidInput (422) when either is missing or not a string: such an
-    event cannot be stored (it has no key), so the sender is told at once. Pure."""
-    event_id, event_type = event.get("id"), event.get("type")
-    details = []
-    if not isinstance(event_id, str) or not event_id or len(event_id) > MAX_EVENT_ID_LENGTH:
-        details.append({"field": "id", "message": f"must be a string of 1 to {MAX_EVENT_ID_LENGTH} chars"})
-    if not isinstance(event_type, str) or not event_type:
-        details.append({"field": "type", "message": "must be a non-empty string"})
-    if details:
-        raise InvalidInput("the event needs a string id and type", details=details)
-    assert isinstance(event_id, str)
-    assert isinstance(event_type, str)
-    return event_id, event_type
 
 
 # --- Storing and applying -----------------------------------------------------------------------------------
