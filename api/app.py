@@ -20,10 +20,10 @@ from api import (
     health,
     jobs,
     lots,
-    observability,
     openapi,
     ops,
     payments,
+    scrape,
     transfers,
     webhooks,
 )
@@ -58,7 +58,7 @@ def create_app(settings: Settings) -> Starlette:
         *lots.routes,
         *webhooks.routes,
         *payments.routes,
-        *observability.routes,
+        *scrape.routes,
         *ops.routes,
         *openapi.routes,
     ]
