@@ -33,3 +33,41 @@ CREATE TRIGGER api_keys_auth_changed
     EXECUTE FUNCTION cq_auth_changed();
 
 CREATE TRIGGER api_keys_auth_deleted AFTER DELETE ON api_keys FOR EACH ROW EXECUTE FUNCTION cq_auth_changed();
+
+-- Group commit across accounts: the concurrent submits of ONE API process, whatever their accounts, in one
+-- statement and one commit. p_batches: [{"account": id, "tasks": [<cq_submit_batch's elements>]}, ...], one
+-- element per account. Each account's requests go through cq_submit_batch (its newest definition: this function
+-- does not replace it, so the pricing stream's task columns stay its own), so each request's outcome is exactly
+-- what a statement of its own account alone would give. The accounts are locked first, all of them, in id order:
+-- two such statements (two API processes) sharing accounts wait for each other and never deadlock. An account
+-- that does not exist or is suspended answers 'no_account' / 'suspended' for each of its requests instead of
+-- failing the statement: the other accounts' requests are not its business.
+CREATE OR REPLACE FUNCTION cq_submit_multi(p_batches jsonb)
+RETURNS TABLE (grp int, idx int, outcome text, available bigint, task tasks)
+LANGUAGE plpgsql AS $$
+DECLARE
+    b jsonb;
+    g int := 0;
+    v_status text;
+BEGIN
+    PERFORM 1 FROM accounts
+     WHERE id IN (SELECT e.value->>'account' FROM jsonb_array_elements(p_batches) e)
+     ORDER BY id FOR UPDATE;
+    FOR b IN SELECT e.value FROM jsonb_array_elements(p_batches) e LOOP
+        grp := g;
+        g := g + 1;
+        SELECT a.status INTO v_status FROM accounts a WHERE a.id = b->>'account';
+        IF v_status IS NULL OR v_status <> 'active' THEN
+            outcome := CASE WHEN v_status IS NULL THEN 'no_account' ELSE 'suspended' END;
+            available := NULL;
+            task := NULL;
+            FOR i IN 0 .. jsonb_array_length(b->'tasks') - 1 LOOP
+                idx := i;
+                RETURN NEXT;
+            END LOOP;
+            CONTINUE;
+        END IF;
+        RETURN QUERY SELECT g - 1, s.idx, s.outcome, s.available, s.task
+                       FROM cq_submit_batch(b->>'account', b->'tasks') s;
+    END LOOP;
+END $$;
