@@ -13,7 +13,7 @@ from arq.connections import ArqRedis
 from arq.jobs import Job, JobStatus
 from arq.worker import Worker, func
 
-from shared import limits, queue
+from shared import limits, queue, redis_keys
 from shared.config import Settings
 from shared.pricing import Tier
 
@@ -71,11 +71,13 @@ async def test_an_admitted_job_is_arqs_own(arq_redis: tuple[ArqRedis, Settings])
     assert usage["dailyJobs"]["used"] == 1
     assert usage["concurrentJobs"]["used"] == 1
 
-    info = await Job(queue.job_id(task_id), redis, _queue_name=settings.queue_name).info()
+    info = await Job(redis_keys.step_job_id(task_id), redis, _queue_name=settings.queue_name).info()
     assert info is not None
     assert (info.function, info.args, info.kwargs) == (queue.STEP_FUNCTION, (task_id,), {})
     assert not info.job_try  # arq counts the first try itself
-    assert await Job(queue.job_id(task_id), redis, _queue_name=settings.queue_name).status() == JobStatus.queued
+    assert (
+        await Job(redis_keys.step_job_id(task_id), redis, _queue_name=settings.queue_name).status() == JobStatus.queued
+    )
     # enqueue() (arq's enqueue_job) sees the job as queued already: the same key.
     assert not await queue.enqueue(redis, settings, task_id)
 
@@ -89,7 +91,7 @@ async def test_admit_confirms_a_reservation(arq_redis: tuple[ArqRedis, Settings]
     tasks = [f"task_{uuid.uuid4().hex}" for _ in range(2)]
     for task_id in tasks:
         await limits.reserve(redis, settings, account, FREE_LIKE, "image", task_id, 60)
-    pending_key = f"{settings.queue_name}:limits:pending:{account}"
+    pending_key = redis_keys.limits_pending(settings.queue_name, account)
     assert await redis.zcard(pending_key) == 2
     for task_id in tasks:
         job = queue.step_job(redis, settings, task_id)
