@@ -91,7 +91,7 @@ async def test_admit_confirms_a_reservation(arq_redis: tuple[ArqRedis, Settings]
     tasks = [f"task_{uuid.uuid4().hex}" for _ in range(2)]
     for task_id in tasks:
         await limits.reserve(redis, settings, account, FREE_LIKE, "image", task_id, 60)
-    pending_key = f"{settings.queue_name}:limits:pending:{account}"
+    pending_key = redis_keys.limits_pending(settings.queue_name, account)
     assert await redis.zcard(pending_key) == 2
     for task_id in tasks:
         job = queue.step_job(redis, settings, task_id)
