@@ -446,6 +446,33 @@ OPERATIONS: dict[str, dict[str, Schema]] = {
             parameters=[TASK_ID],
         )
     },
+    "/v1/jobs/{taskId}/events": {
+        "get": op(
+            "Follow a job: Server-Sent Events.",
+            {
+                200: ok(
+                    "`event: status` with the task view at once, then one event per change (`status`, or "
+                    "`progress` when only the progress changed), each with the task view; the stream ends after a "
+                    "terminal state. `: keep-alive` comments every 15 s. Each event's id names the state it shows.",
+                    STR,
+                    "text/event-stream",
+                )
+            },
+            (*READ, 404),
+            tag="jobs",
+            security=CALLER,
+            parameters=[
+                TASK_ID,
+                {
+                    "name": "Last-Event-ID",
+                    "in": "header",
+                    "required": False,
+                    "schema": STR,
+                    "description": "The id of the last event seen: the current view is sent only if it changed since.",
+                },
+            ],
+        )
+    },
     "/v1/jobs/{taskId}/deliveries": {
         "get": op(
             "The job's webhook deliveries.",
