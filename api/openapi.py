@@ -556,7 +556,7 @@ OPERATIONS: dict[str, dict[str, Schema]] = {
         "post": op(
             "The provider's callback: a hint that triggers a status check.",
             {200: ok("Noted.", obj({"ok": BOOL}))},
-            (404, 413, 503),
+            (404, 413, 422, 503),
             tag="webhooks",
             parameters=[query("task", STR, "The task's id."), query("token", STR, "The task's callback secret.")],
         )
