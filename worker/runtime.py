@@ -16,7 +16,7 @@ from arq.connections import ArqRedis
 from shared import callback_urls, db, pricing, webhooks
 from shared.config import Settings
 from shared.provider import ProviderClient, new_http_client
-from shared.ratelimit import Circuit, ProviderBudget
+from shared.ratelimit import Circuit, KeyRing, ProviderBudget
 
 
 @dataclass(eq=False)
@@ -28,9 +28,10 @@ class Runtime:
     redis: ArqRedis
     http: httpx.AsyncClient
     provider: ProviderClient
-    budget: ProviderBudget
-    circuit: Circuit
+    budget: ProviderBudget  # the first provider key's (calls that belong to no task)
+    circuit: Circuit  # the first provider key's
     prices: pricing.Pricing
+    keys: KeyRing
     owns_pool: bool = True
     # When this process's steps began to find Postgres or Redis down: retries back off with the outage's age.
     outage_since: float | None = None  # time.monotonic()
@@ -68,15 +69,17 @@ async def open_runtime(settings: Settings, redis: ArqRedis, pool: asyncpg.Pool |
     if pool is None:
         pool = await db.create_pool(settings)
     http = new_http_client(settings)
+    ring = KeyRing(redis, settings)
     return Runtime(
         settings=settings,
         pool=pool,
         redis=redis,
         http=http,
         provider=ProviderClient(settings, http),
-        budget=ProviderBudget(redis, settings),
-        circuit=Circuit(redis, settings),
+        budget=ring.first.budget,
+        circuit=ring.first.circuit,
         prices=prices,
+        keys=ring,
         owns_pool=owns,
     )
 
