@@ -64,12 +64,21 @@ async def test_current_view_at_once_then_each_change_then_the_end(
         running = await _next(stream)
         assert (running.event, running.id, running.data["status"]) == ("status", "running", "running")
         assert time.monotonic() - started < api_events.RESYNC_SECONDS / 2
-        # Bookkeeping that changes neither status nor progress (a poll's schedule) is no event.
+        # Bookkeeping that changes neither status nor progress (a poll's schedule) is no event ...
         await tasks.schedule(pool, task_id, datetime.now(UTC) + timedelta(seconds=30), polled=True)
+        # ... and a poll that brings the provider's progress is one.
+        await tasks.schedule(pool, task_id, datetime.now(UTC) + timedelta(seconds=30), polled=True, progress=42)
+        moved = await _next(stream)
+        assert (moved.event, moved.id, moved.data["progress"], moved.data["status"]) == (
+            "progress",
+            "running:42",
+            42,
+            "running",
+        )
 
         await tasks.finish(pool, task_id, "succeeded", result={"urls": ["https://cdn.example/x.png"]})
         done = await _next(stream)
-        assert (done.event, done.id) == ("status", "succeeded")
+        assert (done.event, done.id) == ("status", "succeeded:100")
         view = (await client.get(f"/v1/jobs/{task_id}", headers=bearer(key))).json()
         assert done.data == view and view["charged"] == 4
         await _ended(stream)
