@@ -25,7 +25,6 @@ What each event type does is in :mod:`shared.ledger.stripe_events` (and docs/API
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,7 +34,7 @@ import asyncpg
 import structlog
 
 from shared.errors import Conflict, InvalidInput, NotFound
-from shared.ledger.accounts import decode_keyset_cursor
+from shared.ledger import cursors
 from shared.ledger.audit import Fixer, Problem
 from shared.ledger.sqlerrors import mapped
 from shared.ledger.stripe_events import initial_status, interpret
@@ -325,7 +324,7 @@ async def list_events(
     before_at: datetime | None = None
     before_id = ""
     if cursor:
-        before_at, before_id = decode_keyset_cursor(cursor)
+        before_at, before_id = cursors.decode_keyset(cursor)
     rows = await conn.fetch(
         "SELECT *, false AS inserted FROM payment_events "
         "WHERE ($1::text IS NULL OR status = $1) "
@@ -342,8 +341,7 @@ async def list_events(
     next_cursor = None
     if len(rows) > limit:
         last = events[-1]
-        raw = f"{last.received_at.isoformat()}|{last.id}".encode()
-        next_cursor = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        next_cursor = cursors.encode_keyset(last.received_at, last.id)
     return events, next_cursor
 
 

@@ -26,8 +26,8 @@ from shared.errors import (
     NotCancelable,
     NotFound,
 )
-from shared.ledger import observe
-from shared.ledger.accounts import Conn, decode_keyset_cursor, encode_cursor
+from shared.ledger import cursors, observe
+from shared.ledger.accounts import Conn
 from shared.ledger.sqlerrors import mapped
 from shared.pricing import Model
 
@@ -255,7 +255,7 @@ async def list_for_account(
     after_ts: datetime | None = None
     after_id = ""
     if cursor:
-        after_ts, after_id = decode_keyset_cursor(cursor)
+        after_ts, after_id = cursors.decode_keyset(cursor)
     rows = await conn.fetch(
         "SELECT * FROM tasks WHERE account_id = $1 AND ($2::text IS NULL OR status = $2) "
         "AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4)) "
@@ -269,7 +269,7 @@ async def list_for_account(
     next_cursor = None
     if len(rows) > limit:
         last = rows[limit - 1]
-        next_cursor = encode_cursor(f"{last['created_at'].isoformat()}|{last['id']}")
+        next_cursor = cursors.encode_keyset(last["created_at"], last["id"])
     return list(rows[:limit]), next_cursor
 
 
