@@ -17,7 +17,7 @@ from shared import limits
 from shared.errors import Unavailable
 from shared.ledger import accounts, money
 
-log = structlog.get_logger()
+log = structlog.get_logger("creditq.api")
 
 
 async def account_view(svc: Services, account: accounts.Account) -> dict[str, Any]:

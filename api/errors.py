@@ -25,7 +25,7 @@ from starlette.types import ExceptionHandler
 from shared.db import CONNECTION_ERRORS
 from shared.errors import CreditqError, RateLimited, Unavailable
 
-log = structlog.get_logger()
+log = structlog.get_logger("creditq.api")
 
 UNAVAILABLE_MESSAGE = "a service creditq depends on (Postgres or Redis) is unreachable; try again shortly"
 # An outage makes every request fail the same way: log it at most this often.
@@ -45,7 +45,7 @@ def _note_outage(request: Request, error: BaseException) -> None:
     now = time.monotonic()
     if now - _last_outage_log >= _OUTAGE_LOG_SECONDS:
         _last_outage_log = now
-        log.warning("request failed: service unavailable", path=request.url.path, error=str(error))
+        log.warning("request.unavailable", path=request.url.path, error=str(error))
 
 
 def _unavailable() -> JSONResponse:
@@ -63,7 +63,7 @@ async def creditq_error(request: Request, exc: Exception) -> Response:
     if exc.status >= 500:
         # A CreditqError with no API status of its own (a ConfigError, a ProviderError) reaching a request
         # handler is a bug in the handler, not the caller's fault.
-        log.error("unexpected error", path=request.url.path, error=exc.message, exc_info=exc)
+        log.error("request.unexpected_error", path=request.url.path, error=exc.message, exc_info=exc)
     return error_response(exc.status, exc.code, exc.message, headers, **exc.extra)
 
 

@@ -91,11 +91,11 @@ class TaskFeed:
                     for wake in waiting:
                         wake.set()
                 await lost.wait()
-                log.warning("task feed lost: reconnecting")
+                log.warning("task_feed.lost", reconnecting=True)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # Postgres down: streams keep re-reading on their own; try again soon
-                log.warning("task feed lost", error=f"{type(e).__name__}: {e}")
+                log.warning("task_feed.failed", error=f"{type(e).__name__}: {e}")
             finally:
                 self.connected.clear()
                 if conn is not None:

@@ -9,7 +9,7 @@ In order, with one wrapper of ``send`` for all of it:
 2. The edge checks of the path and query (:func:`api.requests.edge_refusal`): what no route could use is refused
    before any route runs.
 3. The catch-all: an exception no handler took (:data:`api.errors.HANDLERS`) is a bug. It is logged with its
-   traceback (event ``internal error``) and answered 500 ``internal_error`` in the one error shape (the server's
+   traceback (event ``request.internal_error``) and answered 500 ``internal_error`` in the one error shape (the server's
    bare 500 would be neither JSON nor logged by us).
 4. The count of answers by method and status (``creditq_http_requests_total``) and the time of ``POST /v1/jobs``
    (``creditq_submit_seconds``), whatever happened above.
@@ -85,7 +85,7 @@ class Edge:
                 try:
                     await self.app(scope, receive, sender)
                 except Exception:
-                    log.exception("internal error", method=scope.get("method"), path=scope.get("path"))
+                    log.exception("request.internal_error", method=scope.get("method"), path=scope.get("path"))
                     if started_response:
                         raise
                     response = error_response(500, "internal_error", "internal error; it has been logged")

@@ -61,7 +61,7 @@ __all__ = [
     "read_callback",
 ]
 
-log = structlog.get_logger("creditq.provider")
+log = structlog.get_logger("creditq.shared")
 
 # The provider sits behind an edge that answers "error code: 1010" to clients without a browser-like agent.
 USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36"

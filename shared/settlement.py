@@ -27,7 +27,7 @@ from shared.config import Settings
 from shared.ledger import tasks
 from shared.ledger import webhooks as outbox
 
-log = structlog.get_logger("creditq.settlement")
+log = structlog.get_logger("creditq.shared")
 
 Log = Any  # a bound structlog logger
 

@@ -47,7 +47,7 @@ async def sweep(rt: Runtime) -> tuple[int, int]:
     if requeued or expired:
         metrics.SWEEPER_RECOVERIES.labels("requeued").inc(requeued)
         metrics.SWEEPER_RECOVERIES.labels("expired").inc(expired)
-        log.info("sweep", requeued=requeued, expired=expired)
+        log.info("sweep.done", requeued=requeued, expired=expired)
     return requeued, expired
 
 

@@ -20,7 +20,7 @@ import structlog
 from shared.ledger.accounts import Conn
 from shared.ledger.sqlerrors import mapped
 
-log = structlog.get_logger("creditq.ledger")
+log = structlog.get_logger("creditq.shared.ledger")
 
 CREDIT_KINDS = ("grant", "purchase", "subscription", "adjustment")
 
