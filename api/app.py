@@ -21,10 +21,10 @@ from api import (
     health,
     jobs,
     lots,
-    observability,
     openapi,
     ops,
     payments,
+    scrape,
     transfers,
     webhooks,
 )
@@ -60,7 +60,7 @@ def create_app(settings: Settings) -> Starlette:
         *lots.routes,
         *webhooks.routes,
         *payments.routes,
-        *observability.routes,
+        *scrape.routes,
         *ops.routes,
         *openapi.routes,
     ]

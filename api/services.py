@@ -20,6 +20,7 @@ import structlog
 from arq.connections import ArqRedis
 from starlette.requests import Request
 
+from api.authcache import AuthCache
 from shared import db, queue
 from shared.config import Settings
 from shared.errors import Unavailable
@@ -129,6 +130,8 @@ class Services:
         self.redis: Lazy[ArqRedis] = Lazy("redis", lambda: queue.connect(settings), _close_redis)
         #: The last audit run by this process (the operator's page and ``GET /v1/admin/reconcile``).
         self.audit_cache = AuditCache()
+        #: API key → account, kept exact by Postgres notifications (api.authcache).
+        self.auth_cache = AuthCache(settings)
         #: What endpoint modules open on first use and close with the app (the status stream's task feed).
         self.extras: dict[str, Any] = {}
         self.closers: list[Callable[[], Awaitable[None]]] = []
@@ -145,6 +148,7 @@ class Services:
     def start(self) -> None:
         """Start connecting in the background; returns at once."""
         self._warmer = asyncio.get_running_loop().create_task(self._warm())
+        self.auth_cache.start()
 
     async def _warm(self) -> None:
         delay = FAIL_FAST_SECONDS
@@ -168,6 +172,7 @@ class Services:
             self._warmer.cancel()
             with contextlib.suppress(BaseException):
                 await self._warmer
+        await self.auth_cache.close()
         await self.postgres.close()
         await self.redis.close()
 

@@ -27,7 +27,7 @@ async def _connections(database_url: str) -> tuple[int, int]:
     conn = await asyncpg.connect(database_url)
     try:
         row = await conn.fetchrow(
-            "SELECT count(*) AS n, count(*) FILTER (WHERE query LIKE 'LISTEN%') AS listening FROM pg_stat_activity "
+            "SELECT count(*) AS n, count(*) FILTER (WHERE query LIKE 'LISTEN%cq_task_events%') AS listening FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
         assert row is not None

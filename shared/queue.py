@@ -8,10 +8,14 @@ a callback's "look now" uses a second id, ``poke:<taskId>``, so it is never swal
 from __future__ import annotations
 
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import cast
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.constants import job_key_prefix, result_key_prefix
+from arq.jobs import serialize_job
+from arq.utils import timestamp_ms
 from redis.exceptions import RedisError
 
 from shared import redis_keys
@@ -52,6 +56,31 @@ async def enqueue(arq: ArqRedis, settings: Settings, task_id: str, defer_by: flo
         _defer_by=defer_by,
     )
     return job is not None
+
+
+@dataclass(frozen=True, slots=True)
+class JobWrite:
+    """An arq job made ready for a Lua script to write (:func:`shared.limits.admit` writes it with the limit
+    bookkeeping, in one round trip): exactly what ``ArqRedis.enqueue_job`` writes, the job's bytes made by arq's
+    own serializer, under arq's own keys, so that arq's worker reads it as one of its own."""
+
+    job_id: str
+    queue_name: str
+    data: bytes
+    score_ms: int
+    expires_ms: int
+
+    @property
+    def keys(self) -> list[str]:
+        """The job key, the result key (a job with either is not enqueued again), the queue."""
+        return [job_key_prefix + self.job_id, result_key_prefix + self.job_id, self.queue_name]
+
+
+def step_job(arq: ArqRedis, settings: Settings, task_id: str) -> JobWrite:
+    """The task's step job, due now, as :func:`enqueue` would write it (no Redis call). Pure but for the clock."""
+    now = timestamp_ms()
+    data = serialize_job(STEP_FUNCTION, (task_id,), {}, None, now, serializer=arq.job_serializer)
+    return JobWrite(redis_keys.step_job_id(task_id), settings.queue_name, data, now, arq.expires_extra_ms)
 
 
 # The poke gate of one task: the time (ms, Redis's clock) of the last poke it let through or scheduled. A poke at

@@ -73,7 +73,7 @@ async def settle(
     )
     if changed:
         tlog = tlog if tlog is not None else bound(row)
-        # The money lines and counters come from shared.ledger.observe, in finish itself.
+        # The money lines and counters come from shared.ledger.reports, in finish itself.
         tlog.info(f"task.{status}", error_code=error_code, charged=row["charged"])
         await release_slot(ctx, row)
         await notify(ctx, row, tlog)

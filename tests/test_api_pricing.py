@@ -204,6 +204,32 @@ class TestSubmit:
         assert got["cost"] == 120
         assert got["breakdown"] == quote["breakdown"]
 
+    async def test_every_priced_value_of_the_bundled_list_holds_its_quote(
+        self, client: httpx.AsyncClient, pool: asyncpg.Pool, make_account: MakeAccount
+    ) -> None:
+        account, key = await make_account(credits=100_000, tier="pro_plus")
+        models = (await client.get("/v1/models")).json()["items"]
+        held = 0
+        for m in models:
+            cases: list[dict[str, Any]] = [{}]
+            for rule in m["pricing"]["rules"]:
+                spec = m["inputs"][rule["field"]]
+                values = spec["enum"] if "byValue" in rule else range(spec["minimum"], spec["maximum"] + 1)
+                cases += [{rule["field"]: v} for v in values]
+            for fields in cases:
+                payload = body(m["model"], **fields)
+                quote = (await client.post("/v1/quotes", json=payload, headers=bearer(key))).json()
+                r = await client.post("/v1/jobs", json=payload, headers=bearer(key))
+                assert r.status_code == 202, r.text
+                assert (r.json()["cost"], r.json()["breakdown"]) == (quote["cost"], quote["breakdown"])
+                assert sum(line["credits"] for line in quote["breakdown"]) == quote["cost"]
+                hold = await pool.fetchval(
+                    "SELECT held_delta FROM ledger_entries WHERE task_id = $1 AND kind = 'hold'", r.json()["taskId"]
+                )
+                assert hold == quote["cost"]
+                held += quote["cost"]
+        assert await account_state(pool, account.id) == (100_000, held)
+
     @pytest.mark.parametrize("field", ["callBackUrl", "callbackUrl", "model", "input"])
     async def test_steering_fields_in_input_are_refused_and_nothing_is_held(
         self, client: httpx.AsyncClient, pool: asyncpg.Pool, make_account: MakeAccount, field: str

@@ -186,11 +186,11 @@ async def test_many_streams_share_one_listener_connection(
     opened = [asyncio.Event() for _ in ids]
     followers = [asyncio.create_task(follow(t, o)) for t, o in zip(ids, opened, strict=True)]
     await asyncio.wait_for(asyncio.gather(*(o.wait() for o in opened)), 10)
-    # This test's own pool (≤ 20) plus the API's pool (≤ CREDITQ_DB_POOL_SIZE) and its one listener.
+    # This test's own pool (≤ 20) plus the API's pool (≤ CREDITQ_DB_POOL_SIZE), its task feed and its auth cache.
     held = await pool.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = $1", db)
-    assert held <= 20 + 10 + 1
+    assert held <= 20 + 10 + 2
     listeners = await pool.fetchval(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND query LIKE 'LISTEN%'", db
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND query LIKE 'LISTEN%cq_task_events%'", db
     )
     assert listeners == 1
     for t in ids:
@@ -210,13 +210,13 @@ async def test_the_feed_reconnects_after_its_connection_is_killed(
         stream = events(resp)
         assert (await _next(stream)).id == "queued"
         killed = await pool.fetchval(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1 AND query LIKE 'LISTEN%'",
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1 AND query LIKE 'LISTEN%cq_task_events%'",
             db,
         )
         assert killed == 1
         deadline = time.monotonic() + 5
         while not await pool.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND query LIKE 'LISTEN%'", db
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND query LIKE 'LISTEN%cq_task_events%'", db
         ):
             assert time.monotonic() < deadline, "the feed did not listen again"
             await asyncio.sleep(0.1)
