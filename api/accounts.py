@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from api.auth import caller
-from api.requests import query_limit
+from api.parsing import query_limit
 from api.services import Services, services
 from shared import limits
 from shared.errors import Unavailable

@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from api.auth import caller
-from api.requests import Fields, idempotency_key, json_object, query_choice, query_limit, request_hash
+from api.parsing import Fields, idempotency_key, json_object, query_choice, query_limit, request_hash
 from api.services import Services, services
 from shared import admission, callback_urls, pricing, settlement
 from shared.errors import InvalidInput
