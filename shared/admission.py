@@ -2,19 +2,19 @@
 
 :func:`admit` runs, in this order (docs/API.md: limits are checked before credits):
 
-1. the tier limits (:func:`shared.limits.reserve`: daily, concurrent, cooldown; one Lua call in Redis), skipped
-   for a tier that limits nothing (:func:`shared.limits.limited`);
+1. the tier limits (:func:`shared.tier_limits.reserve`: daily, concurrent, cooldown; one Lua call in Redis), skipped
+   for a tier that limits nothing (:func:`shared.tier_limits.limited`);
 2. the task and its hold, one transaction (:meth:`shared.ledger.tasks.SubmitBatcher.submit` →
    ``cq_submit_batch``, group-committed);
 3. confirm the reservation, or undo it (the submit failed: 402, 403, 409, Postgres down; or it was an idempotent
    repeat, whose first task already counted);
 4. the repeat rule: a repeat of a request that made its task answers that task, even at the limit
    (:func:`first_task`);
-5. the enqueue, in the same Redis round trip as the confirmation (:func:`shared.limits.admit`). After the commit
+5. the enqueue, in the same Redis round trip as the confirmation (:func:`shared.tier_limits.admit`). After the commit
    the task is durable: if Redis fails here, the sweeper enqueues it from Postgres.
 
 The tier slot's life goes on in :mod:`shared.settlement` (its release, when the task ends or is canceled); every
-limit operation itself is in :mod:`shared.limits`. The HTTP handler (:func:`api.jobs.submit_job`) parses the
+limit operation itself is in :mod:`shared.tier_limits`. The HTTP handler (:func:`api.jobs.submit_job`) parses the
 request, calls :func:`admit` and answers.
 """
 
@@ -27,7 +27,7 @@ import asyncpg
 import structlog
 from arq.connections import ArqRedis
 
-from shared import limits, queue
+from shared import queue, tier_limits
 from shared.config import Settings
 from shared.errors import IdempotencyConflict, RateLimited, Unavailable
 from shared.ledger import tasks
@@ -93,11 +93,11 @@ async def admit(gate: Gate, want: Request) -> asyncpg.Record:
     task_id = tasks.new_task_id()
     redis = await gate.arq()
     # A tier that limits nothing cannot refuse: its job is counted after the commit, in the round trip that
-    # queues it (limits.admit), so this submit costs one Redis round trip instead of two.
-    reserved = limits.limited(want.tier, model.kind)
+    # queues it (tier_limits.admit), so this submit costs one Redis round trip instead of two.
+    reserved = tier_limits.limited(want.tier, model.kind)
     if reserved:
         try:
-            await limits.reserve(
+            await tier_limits.reserve(
                 redis, settings, want.account_id, want.tier, model.kind, task_id, model.deadline_seconds
             )
         except RateLimited:
@@ -135,7 +135,7 @@ async def admit(gate: Gate, want: Request) -> asyncpg.Record:
 
 async def _undo(redis: ArqRedis, settings: Settings, account_id: str, kind: str, task_id: str) -> None:
     try:
-        await limits.undo(redis, settings, account_id, kind, task_id)
+        await tier_limits.undo(redis, settings, account_id, kind, task_id)
     except Unavailable as e:
         # The slot frees itself at the task's deadline; today's count stays one too high. Not money.
         log.warning("limits.undo_failed", account_id=account_id, task_id=task_id, error=e.message)
@@ -144,11 +144,11 @@ async def _undo(redis: ArqRedis, settings: Settings, account_id: str, kind: str,
 async def _confirm_and_enqueue(
     redis: ArqRedis, settings: Settings, account_id: str, task_id: str, deadline_seconds: float, reserved: bool
 ) -> None:
-    """Confirm (or count) the limit reservation and queue the task: one Redis round trip (limits.admit)."""
+    """Confirm (or count) the limit reservation and queue the task: one Redis round trip (tier_limits.admit)."""
     try:
         job = queue.step_job(redis, settings, task_id)
-        await limits.admit(redis, settings, account_id, task_id, deadline_seconds, job, reserved=reserved)
+        await tier_limits.admit(redis, settings, account_id, task_id, deadline_seconds, job, reserved=reserved)
     except Exception as e:
         # The task and its hold are committed: the sweeper finds it in Postgres and enqueues it. A pending mark
-        # left behind expires by itself (limits.PENDING_MS); meanwhile refusals wait a little longer.
+        # left behind expires by itself (tier_limits.PENDING_MS); meanwhile refusals wait a little longer.
         log.warning("task.enqueue_failed", task_id=task_id, error=f"{type(e).__name__}: {e}")

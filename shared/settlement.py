@@ -25,7 +25,7 @@ import structlog
 from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
-from shared import limits, queue
+from shared import queue, tier_limits
 from shared.config import Settings
 from shared.errors import Unavailable
 from shared.ledger import tasks
@@ -133,13 +133,13 @@ async def cancel(
 
 
 async def release_slot(ctx: Context, task: asyncpg.Record) -> None:
-    """Free the task's tier slot (``shared.limits.release``). Best effort, never raises: a slot must never hold up
+    """Free the task's tier slot (``shared.tier_limits.release``). Best effort, never raises: a slot must never hold up
     a settlement that already happened. Keyed by task, so calling it again for an ended task is harmless, and
     that is what frees a slot whose first release was lost to a crash."""
     if ctx.redis is None:
         return
     try:
-        await limits.release(ctx.redis, ctx.settings, task["account_id"], task["id"])
+        await tier_limits.release(ctx.redis, ctx.settings, task["account_id"], task["id"])
     except Exception as e:
         log.warning("limits.release_failed", task_id=task["id"], error=f"{type(e).__name__}: {e}")
 
