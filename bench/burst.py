@@ -27,6 +27,7 @@ import asyncpg
 import httpx
 
 from bench.env import Bench, account_id, create_accounts, log, retire_live_tasks
+from shared import db
 from shared import queue as cq_queue
 from shared.config import Settings
 from shared.ledger import tasks
@@ -53,7 +54,7 @@ async def _burst(bench: Bench, queue: str, n: int, seconds: float) -> tuple[list
     settings = Settings.from_env({k: env[k] for k in ("DATABASE_URL", "REDIS_URL", "CREDITQ_QUEUE")}, dotenv=False)
     model = load(bench.pricing_path).model("google/nano-banana")
     assert model is not None
-    pool = await asyncpg.create_pool(bench.database_url, min_size=1, max_size=4)
+    pool = await db.create_pool(settings, max_size=4)  # with creditq's JSON codecs
     arq = await cq_queue.connect(settings)
     try:
         started = time.monotonic()
