@@ -470,3 +470,29 @@ async def test_body_style_rate_limits_are_retried(
     assert sim_stats(sim.url)["rateLimited"] > 0
     assert await account_state(pool, acct.id) == (84, 0)
     await clean_audit(pool, [acct.id])
+
+
+# --- 1. a family is an adapter ---------------------------------------------------------------------------------
+
+
+def test_families_are_found_and_the_price_list_names_only_those(settings: Settings, tmp_path: Any) -> None:
+    """The registry finds every adapter module by itself; a price list naming a family without one is refused
+    at load, naming the model and the families there are."""
+    assert families.names() == ("jobs", "suno", "veo")
+    assert all(families.get(n).name == n for n in families.names())
+    from shared.errors import ConfigError
+
+    bad = tmp_path / "pricing.toml"
+    bad.write_text(settings.pricing_path.read_text().replace('family = "suno"', 'family = "runway"', 1))
+    with pytest.raises(ConfigError, match=r"suno/v4-5.*family must be one of jobs, suno, veo"):
+        load(bad)
+    suno = load(settings.pricing_path).model(SUNO)
+    assert suno is not None and (suno.family, suno.provider_model) == ("suno", "V4_5")
+    # The adapters build the request from the model's own fields only: nothing steers it from the input.
+    for name in (IMAGE, VEO, SUNO):
+        m = load(settings.pricing_path).model(name)
+        assert m is not None
+        req = families.get(m.family).create_request(
+            m, {"prompt": "p", "model": "evil", "callBackUrl": "https://evil/cb"}, None
+        )
+        assert req.body["model"] == m.provider_model and "evil" not in json.dumps(req.body)
