@@ -17,7 +17,7 @@ from shared import limits
 from shared.errors import Unavailable
 from shared.ledger import accounts, money
 
-log = structlog.get_logger()
+log = structlog.get_logger("creditq.api")
 
 
 async def account_view(svc: Services, account: accounts.Account) -> dict[str, Any]:
@@ -54,8 +54,9 @@ async def money_view(svc: Services, account: accounts.Account) -> dict[str, Any]
 
 
 async def get_account(request: Request) -> JSONResponse:
-    """``GET /v1/account``: the caller's account view (a suspended account may read it)."""
-    who = await caller(request)
+    """``GET /v1/account``: the caller's account view (a suspended account may read it). The key is read fresh
+    (not from the key cache): the view shows the balance."""
+    who = await caller(request, fresh=True)
     return JSONResponse(await account_view(services(request), who.account))
 
 

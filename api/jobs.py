@@ -1,16 +1,18 @@
 """Jobs: ``GET /v1/models``, ``POST /v1/jobs``, ``GET /v1/jobs``, ``GET /v1/jobs/{taskId}``,
 ``POST /v1/jobs/{taskId}/cancel``.
 
-The submit path is the hot one (benchmarked): one Postgres round trip to authenticate, one Lua call to Redis
-for the limits, one Postgres round trip for the money (task + hold in one SQL function), then the queue hint.
+The submit path is the hot one (benchmarked): the key from the process's cache (api.authcache: no round trip),
+one Lua call to Redis for the limits (none for a tier that limits nothing), one Postgres round trip for the
+money (task + hold in one SQL function, group-committed), then one Lua call that confirms the limits and writes
+the arq job.
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import structlog
+from arq.connections import ArqRedis
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -113,7 +115,8 @@ async def submit_job(request: Request) -> JSONResponse:
     (Redis) → task + hold (Postgres, one transaction) → queue. The task stores the validated input (defaults
     applied: what the worker sends) and the price breakdown; its ``cost`` is the quoted cost, fixed from then on.
 
-    - Limits fail closed: with Redis unreachable they cannot be enforced, so the answer is 503.
+    - Limits fail closed: with Redis unreachable they cannot be enforced, so the answer is 503. (A tier that
+      limits nothing has nothing to enforce: its submit commits, and the sweeper queues it once Redis is back.)
     - A reservation whose submit fails (402, 403, 409, Postgres down) is undone; so is one that turned out to be
       an idempotent repeat (the first task already counted).
     - With an ``Idempotency-Key``, the same key and body answer the first task again with 202 and hold
@@ -141,22 +144,19 @@ async def submit_job(request: Request) -> JSONResponse:
     task_id = tasks.new_task_id()
 
     redis = await svc.arq()
-    try:
-        await limits.reserve(
-            redis,
-            svc.settings,
-            account_id,
-            svc.pricing.tier(who.account.tier),
-            model.kind,
-            task_id,
-            model.deadline_seconds,
-        )
-    except RateLimited:
-        # A repeat of a request that already made its task must answer that task, even at the limit.
-        repeat = await _repeat(svc, who, key, digest)
-        if repeat is not None:
-            return repeat
-        raise
+    tier = svc.pricing.tier(who.account.tier)
+    # A tier that limits nothing cannot refuse: its job is counted after the commit, in the round trip that
+    # queues it (limits.admit), so this submit costs one Redis round trip instead of two.
+    reserved = limits.limited(tier, model.kind)
+    if reserved:
+        try:
+            await limits.reserve(redis, svc.settings, account_id, tier, model.kind, task_id, model.deadline_seconds)
+        except RateLimited:
+            # A repeat of a request that already made its task must answer that task, even at the limit.
+            repeat = await _repeat(svc, who, key, digest)
+            if repeat is not None:
+                return repeat
+            raise
 
     try:
         wanted = tasks.SubmitRequest(
@@ -164,13 +164,15 @@ async def submit_job(request: Request) -> JSONResponse:
         )
         submitted = await svc.submits.submit(await svc.db(), account_id, wanted)
     except BaseException:
-        await _undo(svc, account_id, model.kind, task_id)
+        if reserved:
+            await _undo(svc, account_id, model.kind, task_id)
         raise
     if not submitted.inserted:
-        await _undo(svc, account_id, model.kind, task_id)
+        if reserved:
+            await _undo(svc, account_id, model.kind, task_id)
         return JSONResponse(tasks.task_view(submitted.task), 202)
 
-    await asyncio.gather(_confirm(svc, account_id, task_id), _enqueue(svc, task_id))
+    await _admit(svc, redis, account_id, task_id, model.deadline_seconds, reserved)
     return JSONResponse(tasks.task_view(submitted.task), 202)
 
 
@@ -182,19 +184,16 @@ async def _undo(svc: Services, account_id: str, kind: str, task_id: str) -> None
         log.warning("limit reservation not undone", account_id=account_id, task_id=task_id, error=e.message)
 
 
-async def _confirm(svc: Services, account_id: str, task_id: str) -> None:
+async def _admit(
+    svc: Services, redis: ArqRedis, account_id: str, task_id: str, deadline_seconds: float, reserved: bool
+) -> None:
+    """Confirm (or count) the limit reservation and queue the task: one Redis round trip (limits.admit)."""
     try:
-        await limits.confirm(await svc.arq(), svc.settings, account_id, task_id)
-    except Unavailable as e:
-        # The pending mark expires by itself (limits.PENDING_MS); meanwhile refusals wait a little longer.
-        log.warning("limit reservation not confirmed", account_id=account_id, task_id=task_id, error=e.message)
-
-
-async def _enqueue(svc: Services, task_id: str) -> None:
-    try:
-        await queue.enqueue(await svc.arq(), svc.settings, task_id)
+        job = queue.step_job(redis, svc.settings, task_id)
+        await limits.admit(redis, svc.settings, account_id, task_id, deadline_seconds, job, reserved=reserved)
     except Exception as e:
-        # The task and its hold are committed: the sweeper finds it in Postgres and enqueues it.
+        # The task and its hold are committed: the sweeper finds it in Postgres and enqueues it. A pending mark
+        # left behind expires by itself (limits.PENDING_MS); meanwhile refusals wait a little longer.
         log.warning("task not enqueued; the sweeper will", task_id=task_id, error=f"{type(e).__name__}: {e}")
 
 

@@ -29,7 +29,7 @@ from starlette.routing import Route
 from api import admin_page
 from api.accounts import account_view
 from api.auth import require_admin
-from api.observability import connected_or_none
+from api.scrape import connected_or_none
 from api.services import Services, services
 from shared import metrics, repairs
 from shared.errors import InvalidInput, NotFound

@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 from redis.asyncio import Redis
 
+from shared import redis_keys
 from shared.config import Settings
 
 Kind = Literal["create", "query"]
@@ -96,10 +97,14 @@ class ProviderBudget:
 
     def __init__(self, redis: Redis, settings: Settings, api_key: str | None = None) -> None:
         self._redis = redis
-        prefix = f"{settings.queue_name}:budget:{key_id(settings, api_key)}"
+        q, kid = settings.queue_name, key_id(settings, api_key)
         self._limits: dict[str, tuple[str, int, float]] = {
-            "create": (f"{prefix}:create", settings.kie_create_limit, _padded(settings.kie_create_window)),
-            "query": (f"{prefix}:query", settings.kie_query_limit, _padded(1.0)),
+            "create": (
+                redis_keys.budget(q, kid, "create"),
+                settings.kie_create_limit,
+                _padded(settings.kie_create_window),
+            ),
+            "query": (redis_keys.budget(q, kid, "query"), settings.kie_query_limit, _padded(1.0)),
         }
         self._flight_us = int(settings.kie_timeout * 1_000_000)
         self._script = redis.register_script(_SLIDING_WINDOW)
@@ -201,7 +206,7 @@ class Circuit:
 
 def circuit_key(settings: Settings, api_key: str | None = None) -> str:
     """The Redis key of a provider key's circuit (default: the first key's)."""
-    return f"{settings.queue_name}:circuit:{key_id(settings, api_key)}"
+    return redis_keys.circuit(settings.queue_name, key_id(settings, api_key))
 
 
 def circuit_keys(settings: Settings) -> list[str]:

@@ -27,7 +27,7 @@ from shared.config import Settings
 from shared.ledger import tasks
 from shared.ledger import webhooks as outbox
 
-log = structlog.get_logger("creditq.settlement")
+log = structlog.get_logger("creditq.shared")
 
 Log = Any  # a bound structlog logger
 
@@ -73,7 +73,7 @@ async def settle(
     )
     if changed:
         tlog = tlog if tlog is not None else bound(row)
-        # The money lines and counters come from shared.ledger.observe, in finish itself.
+        # The money lines and counters come from shared.ledger.reports, in finish itself.
         tlog.info(f"task.{status}", error_code=error_code, charged=row["charged"])
         await release_slot(ctx, row)
         await notify(ctx, row, tlog)

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.routing import Route
 
-from shared.ledger import accounts
+from shared.ledger import accounts, cursors
 from shared.ledger.audit import audit
 from shared.signature import sign
 from tests.apiserver import ADMIN, Api, balance, bearer, error_of, job
@@ -195,7 +195,7 @@ class TestNumbersCursorsDates:
     )
     async def test_cursors(self, client: httpx.AsyncClient, make_account: MakeAccount, inner: str) -> None:
         _, key = await make_account()
-        cursor = accounts.encode_cursor(inner)
+        cursor = cursors.encode(inner)
         for path, headers in [
             ("/v1/jobs", bearer(key)),
             ("/v1/account/transactions", bearer(key)),

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from shared import limits, queue
+from shared import limits, queue, redis_keys
 from shared.config import Settings
 from shared.ledger import audit, tasks
 from shared.ledger import webhooks as outbox
@@ -84,6 +84,6 @@ async def test_stuck_task_ends_as_the_worker_ends_it(
         # The client's webhook of the ending is in the outbox (written with the ending) and scheduled in Redis.
         (delivery,) = await outbox.for_task(pool, task_id)
         assert (delivery["type"], delivery["status"], delivery["url"]) == ("job.failed", "pending", f"{rcv.url}/done")
-        assert await redis.exists(f"arq:job:{queue.delivery_job_id(delivery['id'])}")
+        assert await redis.exists(f"arq:job:{redis_keys.delivery_job_id(delivery['id'])}")
     finally:
         await redis.aclose()
