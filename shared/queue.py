@@ -80,7 +80,12 @@ def step_job(arq: ArqRedis, settings: Settings, task_id: str) -> JobWrite:
     """The task's step job, due now, as :func:`enqueue` would write it (no Redis call). Pure but for the clock."""
     now = timestamp_ms()
     data = serialize_job(STEP_FUNCTION, (task_id,), {}, None, now, serializer=arq.job_serializer)
-    return JobWrite(redis_keys.step_job_id(task_id), settings.queue_name, data, now, arq.expires_extra_ms)
+    return JobWrite(job_id(task_id), settings.queue_name, data, now, arq.expires_extra_ms)
+
+
+def job_id(task_id: str) -> str:
+    """The task's step job id (named by :func:`shared.redis_keys.step_job_id`)."""
+    return redis_keys.step_job_id(task_id)
 
 
 # The poke gate of one task: the time (ms, Redis's clock) of the last poke it let through or scheduled. A poke at
