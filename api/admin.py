@@ -11,7 +11,7 @@ from starlette.routing import Route
 
 from api.accounts import account_view
 from api.auth import require_admin
-from api.requests import Fields, idempotency_key, json_object
+from api.parsing import Fields, idempotency_key, json_object
 from api.services import services
 from shared.ledger import accounts, money
 

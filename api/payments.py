@@ -31,7 +31,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from api.auth import require_admin
-from api.requests import Fields, json_object, parse_object, query_limit, read_body
+from api.parsing import Fields, json_object, parse_object, query_limit, read_body
 from api.services import services
 from shared import db, metrics, payment_events
 from shared.errors import CreditqError, NotFound, UnappliedEvent

@@ -1,4 +1,4 @@
-"""The API's edge (api/requests.py): what Postgres cannot store never reaches it, numbers are ASCII, cursors and
+"""The API's edge (api/parsing.py): what Postgres cannot store never reaches it, numbers are ASCII, cursors and
 dates are validated, duplicates are refused, externalIds and memos follow their rules. A hypothesis property test
 sends generated strings with NUL characters and unpaired surrogates through every route of the app and finds no
 5xx but 503.
