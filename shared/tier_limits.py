@@ -22,21 +22,17 @@ limits cannot be enforced, and every function here raises :class:`~shared.errors
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import math
 import random
 import time
-from collections.abc import Awaitable, Sequence
-from typing import Any, cast
+from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import redis_keys
 from shared.config import Settings
-from shared.errors import RateLimited, Unavailable
+from shared.errors import RateLimited
+from shared.lua import Script
 from shared.pricing import Tier
 from shared.queue import JobWrite
 
@@ -187,31 +183,12 @@ return out
 """
 
 
-class _Script:
-    """A Lua script run by EVALSHA, loaded on first use on each server (NOSCRIPT → EVAL once)."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
-
-    async def __call__(self, redis: Redis, keys: list[str], args: Sequence[str | int | float | bytes]) -> Any:
-        # bytes go as they are (an arq job's pickle), the rest as text.
-        argv: list[Any] = [*keys, *(a if isinstance(a, bytes) else str(a) for a in args)]
-        try:
-            try:
-                return await cast(Awaitable[Any], redis.evalsha(self.sha, len(keys), *argv))
-            except NoScriptError:
-                return await cast(Awaitable[Any], redis.eval(self.source, len(keys), *argv))
-        except (RedisConnectionError, RedisTimeoutError, OSError) as e:
-            raise Unavailable(f"Redis is unreachable (REDIS_URL): {e}") from e
-
-
-_reserve = _Script(_RESERVE)
-_undo = _Script(_UNDO)
-_confirm = _Script(_CONFIRM)
-_admit = _Script(_ADMIT)
-_release = _Script(_RELEASE)
-_usage = _Script(_USAGE)
+_reserve = Script(_RESERVE, unavailable=True)
+_undo = Script(_UNDO, unavailable=True)
+_confirm = Script(_CONFIRM, unavailable=True)
+_admit = Script(_ADMIT, unavailable=True)
+_release = Script(_RELEASE, unavailable=True)
+_usage = Script(_USAGE, unavailable=True)
 
 
 def _keys(settings: Settings, account_id: str, kind: str) -> list[str]:
