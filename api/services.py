@@ -13,7 +13,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast
 
 import asyncpg
 import structlog
@@ -125,13 +125,16 @@ class Services:
         self.settings = settings
         self.pricing = pricing
         self.postgres: Lazy[asyncpg.Pool] = Lazy("postgres", lambda: db.create_pool(settings), _close_pool)
-        #: Group commit of submits per account (see shared.ledger.tasks.SubmitBatcher).
+        #: Group commit of this process's submits, across accounts (see shared.ledger.tasks.SubmitBatcher).
         self.submits = tasks.SubmitBatcher()
         self.redis: Lazy[ArqRedis] = Lazy("redis", lambda: queue.connect(settings), _close_redis)
         #: The last audit run by this process (the operator's page and ``GET /v1/admin/reconcile``).
         self.audit_cache = AuditCache()
         #: API key → account, kept exact by Postgres notifications (api.authcache).
         self.auth_cache = AuthCache(settings)
+        #: What endpoint modules open on first use and close with the app (the status stream's task feed).
+        self.extras: dict[str, Any] = {}
+        self.closers: list[Callable[[], Awaitable[None]]] = []
         self._warmer: asyncio.Task[None] | None = None
 
     async def db(self) -> asyncpg.Pool:
@@ -160,7 +163,11 @@ class Services:
             delay = min(delay * 2, MAX_RETRY_SECONDS)
 
     async def close(self) -> None:
-        """Stop connecting and close both pools."""
+        """Close what endpoint modules opened (``closers``), stop connecting and close both pools."""
+        for closer in reversed(self.closers):
+            with contextlib.suppress(Exception):
+                await closer()
+        self.closers.clear()
         if self._warmer is not None:
             self._warmer.cancel()
             with contextlib.suppress(BaseException):
