@@ -129,6 +129,9 @@ class SimState:
                     "prompt": task.prompt,
                     "model": task.model,
                     "family": task.family,
+                    # Epoch seconds: when the task was accepted and when it reaches (or reached) its end state.
+                    "createdAt": task.created_at,
+                    "finishedAt": task.finished_at,
                 }
                 for task_id, task in self.tasks.items()
             },
