@@ -237,7 +237,7 @@ def test_an_unclean_audit_is_wrong() -> None:
 # --- a real run ---------------------------------------------------------------------------------------------------
 
 
-SEED = 82  # its 35 s hold every fault kind: FLUSHALL, a Postgres stop, kills of workers and an API, no provider credits, ...
+SEED = 927  # its 30 s hold every fault kind: no provider credits, kills, FLUSHALL, a Redis restart, a Postgres stop
 
 
 @pytest.mark.slow
@@ -246,7 +246,7 @@ def test_a_short_seeded_soak_finds_nothing(tmp_path: Path) -> None:
     if isinstance(tools, str) or not Path(REDIS_SERVER).is_file():
         pytest.skip(f"cannot make a throwaway Postgres or Redis: {tools if isinstance(tools, str) else REDIS_SERVER}")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CREDITQ_", "KIE_", "PAYMENTS_"))}
-    argv = [sys.executable, "-m", "soak", "--seed", str(SEED), "--seconds", "35", "--quick", "--log-dir", str(tmp_path)]
+    argv = [sys.executable, "-m", "soak", "--seed", str(SEED), "--seconds", "30", "--quick", "--log-dir", str(tmp_path)]
     done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
     line = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
     assert done.returncode == 0, f"{line}\n{done.stderr[-6000:]}"
@@ -258,6 +258,6 @@ def test_a_short_seeded_soak_finds_nothing(tmp_path: Path) -> None:
     (log,) = tmp_path.glob("seed-*/soak.jsonl")
     header, plan = read_log(log)
     assert header["seed"] == SEED
-    assert plan == make_plan(SEED, 35, Shape.from_json(header["shape"]))
+    assert plan == make_plan(SEED, 30, Shape.from_json(header["shape"]))
     struck = {json.loads(x)["fault"] for x in log.read_text().splitlines() if '"type":"fault"' in x}
     assert struck == {k for k, _ in FAULT_WEIGHTS}, struck
