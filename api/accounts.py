@@ -21,7 +21,7 @@ log = structlog.get_logger()
 
 
 async def account_view(svc: Services, account: accounts.Account) -> dict[str, Any]:
-    """CONTRACT.md's account view. ``limits`` shows the tier's limits and today's use; when Redis is down the
+    """The account view of docs/API.md. ``limits`` shows the tier's limits and today's use; when Redis is down the
     use is ``null`` rather than the whole view a 503: the balance lives in Postgres and is still worth showing.
     """
     tier = svc.pricing.tier(account.tier)

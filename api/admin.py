@@ -24,7 +24,7 @@ async def create_account(request: Request) -> JSONResponse:
     fields = Fields(await json_object(request, optional=True))
     tier = fields.string("tier", choices=list(svc.pricing.tiers)) or "free"
     credits = fields.integer("credits", minimum=0) or 0
-    external_id = fields.string("externalId")
+    external_id = fields.external_id("externalId")
     fields.check()
     account, key_id, api_key = await accounts.create_account(await svc.db(), tier, credits, external_id)
     view = await account_view(svc, account)
@@ -59,7 +59,7 @@ async def add_credits(request: Request) -> JSONResponse:
     key = idempotency_key(request)
     fields = Fields(body)
     amount = fields.integer("amount", required=True, nonzero=True)
-    reason = fields.string("reason", required=True, max_length=MAX_REASON_LENGTH)
+    reason = fields.text("reason", required=True, max_length=MAX_REASON_LENGTH)
     fields.check()
     pool = await svc.db()
     target = await accounts.get_account(pool, request.path_params["ref"])

@@ -13,16 +13,13 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
-from api import accounts, admin, health, jobs, observability, ops, transfers, webhooks
+from api import accounts, admin, health, jobs, observability, openapi, ops, payments, transfers, webhooks
 from api.errors import HANDLERS, CatchAll
+from api.requests import EdgeChecks
 from api.services import Services
 from shared import pricing
 from shared.config import Settings
-
-try:
-    from api.payments import routes as payment_routes  # written separately; absent until it is
-except ImportError:
-    payment_routes = []
+from shared.logging import configure
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -45,14 +42,16 @@ def create_app(settings: Settings) -> Starlette:
         *transfers.routes,
         *admin.routes,
         *webhooks.routes,
-        *payment_routes,
+        *payments.routes,
         *observability.routes,
         *ops.routes,
+        *openapi.routes,
     ]
     app = Starlette(
         routes=routes,
         # RequestContext outermost: the request id is bound for every line below it, the 500s of CatchAll too.
-        middleware=[Middleware(observability.RequestContext), Middleware(CatchAll)],
+        # EdgeChecks next: a path or query no route can use is refused before routing.
+        middleware=[Middleware(observability.RequestContext), Middleware(EdgeChecks), Middleware(CatchAll)],
         exception_handlers=HANDLERS,
         lifespan=lifespan,
     )
@@ -62,8 +61,6 @@ def create_app(settings: Settings) -> Starlette:
 
 def create_app_from_env() -> Starlette:
     """uvicorn's factory for ``--workers`` > 1: each server process reads the settings and sets up logging."""
-    from shared.logging import configure
-
     settings = Settings.from_env()
     configure(settings)
     return create_app(settings)

@@ -59,11 +59,21 @@ async def caller(request: Request, *, write: bool = False) -> Caller:
     return Caller(check.account, check.key_id)
 
 
-def require_admin(request: Request) -> None:
-    """Require the admin token. Raises Forbidden (admin disabled) or Unauthenticated (missing/wrong token)."""
+def require_admin(request: Request, *, query: bool = False) -> str | None:
+    """Require the admin token as the bearer header, or, with ``query`` (the operator's page, opened in a
+    browser), as ``?token=``. Returns the query token when that is how it came (the page keeps it in its links),
+    else None. Raises Forbidden (admin disabled) or Unauthenticated (missing/wrong token)."""
     token = services(request).settings.admin_token
     if not token:
         raise Forbidden("the admin endpoints are disabled: set CREDITQ_ADMIN_TOKEN to enable them")
     presented = bearer(request)
-    if presented is None or not hmac.compare_digest(presented.encode(), token.encode()):
+    if presented is not None and hmac.compare_digest(presented.encode(), token.encode()):
+        return None
+    if not query:
         raise Unauthenticated("the admin token is required: send Authorization: Bearer <CREDITQ_ADMIN_TOKEN>")
+    in_query = request.query_params.get("token")
+    if in_query is not None and hmac.compare_digest(in_query.encode(), token.encode()):
+        return in_query
+    raise Unauthenticated(
+        "the admin token is required: send Authorization: Bearer <token> or open /admin?token=<token>"
+    )

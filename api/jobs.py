@@ -19,36 +19,50 @@ from api import callback_urls
 from api.auth import Caller, caller
 from api.requests import Fields, idempotency_key, json_object, query_choice, query_limit, request_hash
 from api.services import Services, services
-from shared import limits, queue
-from shared.errors import IdempotencyConflict, RateLimited, Unavailable
+from shared import limits, pricing, queue
+from shared.errors import IdempotencyConflict, InvalidInput, RateLimited, Unavailable
 from shared.ledger import tasks
 from shared.pricing import Model
 
 log = structlog.get_logger()
 
-MAX_PROMPT_LENGTH = 20_000
-
 
 async def list_models(request: Request) -> JSONResponse:
-    """``GET /v1/models``: the price list. Public: it is what a caller needs before it has a key."""
+    """``GET /v1/models``: the price list, each model with its ``inputs`` and ``pricing`` rules. Public: it is
+    what a caller needs before it has a key."""
     models = services(request).pricing.models.values()
     return JSONResponse({"items": [m.public() for m in models]})
 
 
-async def _validate(svc: Services, body: dict[str, Any]) -> tuple[Model, dict[str, Any], str | None]:
-    """The model, the input and the callback URL of a submit body. Raises InvalidInput listing every problem."""
-    fields = Fields(body)
+def _priced(svc: Services, fields: Fields) -> tuple[Model | None, pricing.Priced | None]:
+    """The model and the priced input of a quote or submit body (``model``, ``input``); problems go to
+    ``fields`` (the caller raises them all at once). The pricing itself is :func:`shared.pricing.price`."""
     name = fields.string("model", required=True)
     model = svc.pricing.model(name) if name else None
     if name and model is None:
         fields.add("model", f"unknown model {name!r}: see GET /v1/models")
     job_input = fields.obj("input", required=True)
-    if job_input is not None:
+    if job_input is None:
+        return model, None
+    if model is None:
+        # Every model takes input.prompt: say what is wrong with it too, in the same answer.
         prompt = job_input.get("prompt")
-        if not isinstance(prompt, str) or not prompt.strip():
-            fields.add("input.prompt", "must be a non-empty string")
-        elif len(prompt) > MAX_PROMPT_LENGTH:
-            fields.add("input.prompt", f"must be at most {MAX_PROMPT_LENGTH} characters")
+        problem = "is required" if prompt is None else pricing.DEFAULT_PROMPT.problem(prompt)
+        if problem is not None:
+            fields.add("input.prompt", problem)
+        return None, None
+    try:
+        return model, pricing.price(model, job_input)
+    except InvalidInput as e:
+        fields.details.extend(e.extra["details"])
+        return model, None
+
+
+async def _validate(svc: Services, body: dict[str, Any]) -> tuple[Model, pricing.Priced, str | None]:
+    """The model, the priced input and the callback URL of a submit body. Raises InvalidInput listing every
+    problem."""
+    fields = Fields(body)
+    model, priced = _priced(svc, fields)
     callback_url = fields.string("callbackUrl", max_length=callback_urls.MAX_URL_LENGTH)
     if callback_url is not None:
         problem = await callback_urls.problem(callback_url, svc.settings.allow_private_callbacks)
@@ -57,26 +71,47 @@ async def _validate(svc: Services, body: dict[str, Any]) -> tuple[Model, dict[st
     fields.check()
     # check() raised if either is missing; this only tells the type checker.
     assert model is not None
-    assert job_input is not None
-    return model, job_input, callback_url
+    assert priced is not None
+    return model, priced, callback_url
 
 
-async def _repeat(svc: Services, who: Caller, key: str | None, digest: str | None) -> JSONResponse | None:
-    """The answer to an idempotent repeat that a limit refused: the first task, or 409 for another body."""
+async def quote(request: Request) -> JSONResponse:
+    """``POST /v1/quotes`` ``{"model", "input"}``: what a submit of this input would hold now, and why
+    → 200 ``{"model", "cost", "breakdown"}``. Holds nothing, changes nothing; the same validation as a submit
+    (422 ``validation_error`` naming each bad field)."""
+    svc = services(request)
+    await caller(request)
+    fields = Fields(await json_object(request))
+    model, priced = _priced(svc, fields)
+    fields.check()
+    assert model is not None
+    assert priced is not None  # check() raised otherwise
+    return JSONResponse({"model": model.model, "cost": priced.cost, "breakdown": priced.breakdown})
+
+
+async def _repeat(
+    svc: Services, who: Caller, key: str | None, digest: str | None, conflict: bool = True
+) -> JSONResponse | None:
+    """The answer to an idempotent repeat that a limit (or today's price list) refused: the first task; for
+    another body 409 (``conflict``) or None."""
     if key is None:
         return None
     first = await tasks.get_by_idempotency_key(await svc.db(), who.account.id, key)
     if first is None:
         return None
     if first["request_hash"] != digest:
+        if not conflict:
+            return None
         raise IdempotencyConflict("this Idempotency-Key was used with another request body")
     return JSONResponse(tasks.task_view(first), 202)
 
 
 async def submit_job(request: Request) -> JSONResponse:
-    """``POST /v1/jobs``: hold the model's cost and queue the task → 202 task view (``queued``).
+    """``POST /v1/jobs``: hold the price of this input and queue the task → 202 task view (``queued``).
 
-    Order: authenticate → validate → tier limits (Redis) → task + hold (Postgres, one transaction) → queue.
+    Order: authenticate → validate and price (:func:`shared.pricing.price`, as a quote does) → tier limits
+    (Redis) → task + hold (Postgres, one transaction) → queue. The task stores the validated input (defaults
+    applied: what the worker sends) and the price breakdown; its ``cost`` is the quoted cost, fixed from then on.
 
     - Limits fail closed: with Redis unreachable they cannot be enforced, so the answer is 503.
     - A reservation whose submit fails (402, 403, 409, Postgres down) is undone; so is one that turned out to be
@@ -90,8 +125,18 @@ async def submit_job(request: Request) -> JSONResponse:
     who = await caller(request, write=True)
     body = await json_object(request)
     key = idempotency_key(request)
-    model, job_input, callback_url = await _validate(svc, body)
+    # The key is bound to the body as sent, not to the validated input: the validated input depends on the price
+    # list (its defaults), so hashing it would turn a byte-identical repeat into a conflict after a price change.
     digest = request_hash(body) if key is not None else None
+    try:
+        model, priced, callback_url = await _validate(svc, body)
+    except InvalidInput:
+        # A repeat whose first submit was accepted answers that task at its first price, even if the price list
+        # has since dropped the model or a value it used.
+        repeat = await _repeat(svc, who, key, digest, conflict=False)
+        if repeat is not None:
+            return repeat
+        raise
     account_id = who.account.id
     task_id = tasks.new_task_id()
 
@@ -114,7 +159,9 @@ async def submit_job(request: Request) -> JSONResponse:
         raise
 
     try:
-        wanted = tasks.SubmitRequest(model, job_input, callback_url, key, digest, task_id)
+        wanted = tasks.SubmitRequest(
+            model, priced.input, callback_url, key, digest, task_id, cost=priced.cost, breakdown=priced.breakdown
+        )
         submitted = await svc.submits.submit(await svc.db(), account_id, wanted)
     except BaseException:
         await _undo(svc, account_id, model.kind, task_id)
@@ -190,6 +237,7 @@ async def jobs(request: Request) -> JSONResponse:
 
 routes = [
     Route("/v1/models", list_models, methods=["GET"]),
+    Route("/v1/quotes", quote, methods=["POST"]),
     Route("/v1/jobs", jobs, methods=["GET", "POST"]),
     Route("/v1/jobs/{task_id}", get_job, methods=["GET"]),
     Route("/v1/jobs/{task_id}/cancel", cancel_job, methods=["POST"]),

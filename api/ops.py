@@ -3,7 +3,7 @@
 - ``GET /v1/admin/reconcile[?fix=true]`` (admin bearer token, as every ``/v1/admin`` route): the audit of
   :mod:`shared.ledger.audit`, the very function ``creditq audit`` runs, → 200 ``{"ok", "problems": [{"kind",
   "accountId"?, "taskId"?, "eventId"?, "detail"}]}``. With ``fix=true`` it first runs the same repairs as
-  ``creditq audit --fix`` (:func:`worker.recovery.all_fixers`) and adds ``"fixed": [what each did]``;
+  ``creditq audit --fix`` (:func:`shared.repairs.repairing`) and adds ``"fixed": [what each did]``;
   ``problems`` are then those left. Postgres down → 503.
 - ``GET /admin``: the page of :mod:`api.admin_page`. The admin token comes as the bearer header or, for a
   browser, as ``?token=`` (kept in the page's self-refresh and its lookup form). 403 while
@@ -16,10 +16,8 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import asyncpg
@@ -30,14 +28,13 @@ from starlette.routing import Route
 
 from api import admin_page
 from api.accounts import account_view
-from api.auth import bearer, require_admin
+from api.auth import require_admin
 from api.observability import connected_or_none
 from api.services import Services, services
-from shared import metrics
-from shared.errors import Forbidden, InvalidInput, NotFound, Unauthenticated
+from shared import metrics, repairs
+from shared.errors import InvalidInput, NotFound
 from shared.ledger import accounts, stats
 from shared.ledger.audit import Report, audit
-from worker.recovery import all_fixers
 
 T = TypeVar("T")
 
@@ -59,27 +56,6 @@ PAGE_HEADERS = {
 }
 
 
-@dataclass(slots=True)
-class AuditCache:
-    """The last audit report this API process ran and when (wall clock); one audit at a time."""
-
-    report: Report | None = None
-    at: float = 0.0
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    def store(self, report: Report) -> None:
-        """Keep ``report`` as the newest audit."""
-        self.report, self.at = report, time.time()
-
-
-def _cache(request: Request) -> AuditCache:
-    cache: AuditCache | None = getattr(request.app.state, "admin_audit_cache", None)
-    if cache is None:
-        cache = AuditCache()
-        request.app.state.admin_audit_cache = cache
-    return cache
-
-
 def _flag(request: Request, name: str) -> bool:
     raw = request.query_params.get(name, "").strip().lower()
     if raw in ("", "0", "false", "no"):
@@ -92,8 +68,13 @@ def _flag(request: Request, name: str) -> bool:
 async def run_audit(svc: Services, pool: asyncpg.Pool, fix: bool) -> Report:
     """The audit, with ``fix`` the same repairs as ``creditq audit --fix``; each repair is logged and the
     summary recorded for ``creditq_audit_problems`` (best effort). Raises Unavailable."""
-    fixers = all_fixers(svc.settings, svc.pricing) if fix else None
-    report = await audit(pool, svc.settings.sweep_seconds, fixers)
+    if fix:
+        # The API's own Redis for the stuck tasks' slot releases; when it is down, the repairs go on without.
+        redis = await connected_or_none(svc.arq())
+        async with repairs.repairing(svc.settings, svc.pricing, redis=redis, connect_redis=False) as fixers:
+            report = await audit(pool, svc.settings.sweep_seconds, fixers)
+    else:
+        report = await audit(pool, svc.settings.sweep_seconds)
     for line in report.fixed:
         log.info("audit.fixed", did=line)
     try:
@@ -111,7 +92,7 @@ async def reconcile(request: Request) -> JSONResponse:
     fix = _flag(request, "fix")
     svc = services(request)
     pool = await svc.db()
-    cache = _cache(request)
+    cache = svc.audit_cache
     async with cache.lock:
         report = await run_audit(svc, pool, fix)
         cache.store(report)
@@ -123,23 +104,6 @@ async def reconcile(request: Request) -> JSONResponse:
     return JSONResponse(body)
 
 
-def page_token(request: Request) -> str | None:
-    """Require the admin token as the bearer header or ``?token=``. Returns the query token when that is how it
-    came (the page keeps it in its links), else None. Raises Forbidden (admin disabled), Unauthenticated."""
-    token = services(request).settings.admin_token
-    if not token:
-        raise Forbidden("the admin endpoints are disabled: set CREDITQ_ADMIN_TOKEN to enable them")
-    header = bearer(request)
-    if header is not None and hmac.compare_digest(header.encode(), token.encode()):
-        return None
-    query = request.query_params.get("token")
-    if query is not None and hmac.compare_digest(query.encode(), token.encode()):
-        return query
-    raise Unauthenticated(
-        "the admin token is required: send Authorization: Bearer <token> or open /admin?token=<token>"
-    )
-
-
 async def _part(data: admin_page.PageData, name: str, read: Callable[[], Awaitable[T]], seconds: float) -> T | None:
     try:
         async with asyncio.timeout(seconds):
@@ -149,8 +113,8 @@ async def _part(data: admin_page.PageData, name: str, read: Callable[[], Awaitab
         return None
 
 
-async def _page_audit(request: Request, svc: Services, pool: asyncpg.Pool) -> tuple[Report, float]:
-    cache = _cache(request)
+async def _page_audit(svc: Services, pool: asyncpg.Pool) -> tuple[Report, float]:
+    cache = svc.audit_cache
     async with cache.lock:
         if cache.report is None or time.time() - cache.at > AUDIT_MAX_AGE_SECONDS:
             cache.store(await run_audit(svc, pool, fix=False))
@@ -161,7 +125,7 @@ async def _page_audit(request: Request, svc: Services, pool: asyncpg.Pool) -> tu
 async def admin(request: Request) -> HTMLResponse:
     """``GET /admin[?token=][&account=]``: the operator's page. Raises Forbidden/Unauthenticated, InvalidInput
     (an over-long account reference)."""
-    query_token = page_token(request)
+    query_token = require_admin(request, query=True)
     svc = services(request)
     ref = request.query_params.get("account", "").strip()
     if len(ref) > MAX_REF_LENGTH:
@@ -180,7 +144,7 @@ async def admin(request: Request) -> HTMLResponse:
             _part(data, "tasks", lambda: stats.tasks_by_status(pool), limit),
             _part(data, "stuck", lambda: stats.stuck_tasks(pool, sweep), limit),
             _part(data, "failures", lambda: stats.recent_failures(pool, FAILURE_WINDOW_SECONDS), limit),
-            _part(data, "audit", lambda: _page_audit(request, svc, pool), AUDIT_TIMEOUT_SECONDS),
+            _part(data, "audit", lambda: _page_audit(svc, pool), AUDIT_TIMEOUT_SECONDS),
             _lookup(data, svc, pool, ref),
         )
         data.by_status, data.stuck, data.failures, data.account = by_status, stuck, failures, account

@@ -8,6 +8,7 @@ from typing import Any
 import uvicorn
 
 from api.app import create_app
+from shared import pricing
 from shared.config import Settings
 
 GRACEFUL_SHUTDOWN_SECONDS = 10
@@ -20,7 +21,9 @@ def serve(settings: Settings, host: str, port: int, workers: int = 1) -> int:
     Logging is the process's own (shared.logging); uvicorn's access log is off."""
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     http = "httptools" if importlib.util.find_spec("httptools") else "h11"
-    # Several processes need an import string to build the app in each; one process takes the app itself.
+    # Several processes need an import string to build the app in each; one process takes the app itself. A bad
+    # price list must fail here, as one line, not once per server process with a traceback.
+    pricing.load(settings.pricing_path)
     target: Any = "api.app:create_app_from_env" if workers > 1 else create_app(settings)
     try:
         uvicorn.run(

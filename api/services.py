@@ -1,6 +1,6 @@
 """The API process's connections to Postgres and Redis, opened lazily and retried in the background.
 
-The app starts even when Postgres or Redis is down (CONTRACT.md: a down service is a 503, not a dead process):
+The app starts even when Postgres or Redis is down (docs/API.md: a down service is a 503, not a dead process):
 the lifespan only starts a background task that connects, and a request that needs a connection not yet made
 tries once itself. While a service stays down, requests fail fast for a moment after each failed attempt
 instead of each waiting out a connect timeout.
@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar, cast
 
 import asyncpg
@@ -23,6 +24,7 @@ from shared import db, queue
 from shared.config import Settings
 from shared.errors import Unavailable
 from shared.ledger import tasks
+from shared.ledger.audit import Report
 from shared.pricing import Pricing
 
 T = TypeVar("T")
@@ -100,8 +102,23 @@ async def _close_redis(redis: ArqRedis) -> None:
     await redis.aclose()
 
 
+@dataclass(slots=True)
+class AuditCache:
+    """The last audit report this API process ran and when (wall clock); one audit at a time. The operator's
+    page shows it while it is fresh (``api.ops``), and a reconcile refreshes it."""
+
+    report: Report | None = None
+    at: float = 0.0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def store(self, report: Report) -> None:
+        """Keep ``report`` as the newest audit."""
+        self.report, self.at = report, time.time()
+
+
 class Services:
-    """What every request handler needs: settings, the price list, and the lazy connections."""
+    """What every request handler needs: settings, the price list, the lazy connections, and this process's
+    last audit."""
 
     def __init__(self, settings: Settings, pricing: Pricing) -> None:
         self.settings = settings
@@ -110,6 +127,8 @@ class Services:
         #: Group commit of submits per account (see shared.ledger.tasks.SubmitBatcher).
         self.submits = tasks.SubmitBatcher()
         self.redis: Lazy[ArqRedis] = Lazy("redis", lambda: queue.connect(settings), _close_redis)
+        #: The last audit run by this process (the operator's page and ``GET /v1/admin/reconcile``).
+        self.audit_cache = AuditCache()
         self._warmer: asyncio.Task[None] | None = None
 
     async def db(self) -> asyncpg.Pool:

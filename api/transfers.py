@@ -28,7 +28,7 @@ async def create_transfer(request: Request) -> JSONResponse:
     fields = Fields(body)
     to_ref = fields.string("toAccountId", required=True)
     amount = fields.integer("amount", required=True, minimum=1)
-    memo = fields.string("memo", max_length=MAX_MEMO_LENGTH)
+    memo = fields.text("memo", max_length=MAX_MEMO_LENGTH)
     fields.check()
     pool = await services(request).db()
     recipient = await accounts.get_account(pool, to_ref)

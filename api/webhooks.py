@@ -1,6 +1,6 @@
 """``POST /v1/webhooks/kie?task=<taskId>&token=<secret>``: the provider's callback.
 
-The callback is a hint, never trusted (CONTRACT.md). A known task with the right per-task token gets an
+The callback is a hint, never trusted (docs/PROVIDER.md). A known task with the right per-task token gets an
 immediate status check by a worker (a queue poke), which asks the provider itself. The body is read for one
 thing only: for a task still ``queued`` (a worker died between the create call and recording its answer), the
 provider task id it names is noted in Redis, and the worker adopts it only after a status query proves that the

@@ -4,7 +4,7 @@ Tasks (``kling/v2-1-standard``, prompt ``[sim:seconds=120]``) are inserted with 
 with ``shared.queue.enqueue``; the worker creates them at the simulator (limits raised on both sides), and they
 then wait at the provider. The simulator's ``--time-scale`` is chosen so that every task is still running when the
 last one has been created, plus a waiting window: the creation rate is estimated from the settle benchmark of the
-same run. Callbacks are on (CREDITQ_PUBLIC_URL is the API), the mode DESIGN.md prescribes for many slow tasks.
+same run. Callbacks are on (CREDITQ_PUBLIC_URL is the API), the mode docs/ARCHITECTURE.md prescribes for many slow tasks.
 
 Measured, from /proc (no psutil): the worker's RSS (sampled, and its VmHWM high-water mark), its CPU share while
 all N wait (three equal windows, median), the provider queries it spends per task while they wait, and after the

@@ -1,5 +1,5 @@
 """The results: ``bench/results.json`` (everything, every repeat) and the Markdown tables printed to stdout and
-pasted into BENCHMARKS.md. Targets are DESIGN.md's "Performance targets"; the report says met or missed and by
+pasted into BENCHMARKS.md. Targets are docs/ARCHITECTURE.md's "Performance targets"; the report says met or missed and by
 how much, it does not fail the run."""
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def _cell(sub: dict[str, Any], scenario: str, clients: int, procs: int) -> dict[
 
 
 def targets(results: dict[str, Any]) -> list[str]:
-    """DESIGN.md's targets, met or missed, from whatever parts this run measured."""
+    """docs/ARCHITECTURE.md's performance targets, met or missed, from whatever parts this run measured."""
     out: list[str] = []
     sub = results.get("submit", {})
     for procs in (1, 2):
@@ -196,5 +196,5 @@ def render(results: dict[str, Any]) -> str:
         )
     t = targets(results)
     if t:
-        parts.append("### DESIGN.md targets\n\n" + "\n".join(t))
+        parts.append("### Performance targets (docs/ARCHITECTURE.md)\n\n" + "\n".join(t))
     return "\n\n".join(parts)

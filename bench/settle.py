@@ -14,7 +14,7 @@ tasks' ``finished_at``), the wall rate (N / (last finished_at - T0)), the worker
 task, and completion-to-settled latency: ``finished_at`` minus the simulator's ``completeTime`` of the task (read
 back from ``recordInfo`` after the run). That latency is taken twice: under the burst (a queue of N tasks, so it is
 mostly waiting), and at a paced load well under the worker's capacity (tasks due evenly over a few seconds), which
-is what DESIGN.md's callback-to-settled target is about.
+is what the callback-to-settled target (docs/ARCHITECTURE.md) is about.
 
 The baseline is arq's own no-op job rate with creditq's worker settings (bench/baselines.py), in the same run.
 """

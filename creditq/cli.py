@@ -116,10 +116,11 @@ async def _audit(settings: Settings, args: argparse.Namespace) -> int:
     pool = await db.create_pool(settings, max_size=4)
     try:
         if args.fix:
-            # The same repairs as GET /v1/admin/reconcile?fix=true: the worker's and the payments module's.
-            from worker.recovery import all_fixers
+            # The same repairs as GET /v1/admin/reconcile?fix=true, ending stuck tasks as the worker does.
+            from shared.repairs import repairing
 
-            report = await audit(pool, settings.sweep_seconds, all_fixers(settings))
+            async with repairing(settings) as fixers:
+                report = await audit(pool, settings.sweep_seconds, fixers)
         else:
             report = await audit(pool, settings.sweep_seconds)
     finally:

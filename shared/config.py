@@ -3,7 +3,7 @@
 Every setting is an environment variable (a ``.env`` file in the working directory may supply them; real
 environment variables win). :meth:`Settings.from_env` validates everything at start and raises
 :class:`~shared.errors.ConfigError` with a one-line message naming the variable, never a traceback.
-CONTRACT.md names the first nine; the rest are creditq's own and documented in the README.
+docs/CONFIGURATION.md documents every one: the first nine are the core, the rest creditq's own.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from dotenv import dotenv_values
 
 from shared.errors import ConfigError
 
@@ -42,6 +44,7 @@ class Settings:
     allow_private_callbacks: bool = False  # let clients give callbackUrl on private addresses
     worker_concurrency: int = 200  # arq max_jobs: short steps, so many at once is cheap
     metrics_dir: str = ""  # prometheus multiprocess dir shared by API and workers on one host
+    poke_seconds: float = 20.0  # provider callbacks start at most one status check per task per this many seconds
 
     @property
     def callbacks_enabled(self) -> bool:
@@ -58,8 +61,6 @@ class Settings:
         if env is None:
             merged: dict[str, str] = {}
             if dotenv and Path(".env").is_file():
-                from dotenv import dotenv_values
-
                 merged.update({k: v for k, v in dotenv_values(".env").items() if v is not None})
             merged.update(os.environ)
             env = merged
@@ -93,6 +94,8 @@ class Settings:
                 raise ConfigError(f"{_VARS[name]} must be at least 1")
         if self.kie_create_window <= 0 or self.kie_timeout <= 0:
             raise ConfigError("KIE_CREATE_WINDOW and KIE_TIMEOUT must be positive")
+        if not 0 < self.poke_seconds <= 3600:
+            raise ConfigError("CREDITQ_POKE_SECONDS must be a number of seconds from 0 to 3600 (not 0)")
 
 
 _VARS = {
@@ -116,11 +119,12 @@ _VARS = {
     "allow_private_callbacks": "CREDITQ_ALLOW_PRIVATE_CALLBACKS",
     "worker_concurrency": "CREDITQ_WORKER_CONCURRENCY",
     "metrics_dir": "PROMETHEUS_MULTIPROC_DIR",
+    "poke_seconds": "CREDITQ_POKE_SECONDS",
 }
 # Variables whose empty value means "off" rather than "use the default".
 _EMPTY_OK = {"kie_api_key", "admin_token", "public_url", "payments_webhook_secret", "metrics_dir"}
 _INTS = {"db_pool_size", "kie_create_limit", "kie_query_limit", "worker_concurrency"}
-_FLOATS = {"sweep_seconds", "kie_create_window", "kie_timeout"}
+_FLOATS = {"sweep_seconds", "kie_create_window", "kie_timeout", "poke_seconds"}
 
 
 def _parse(var: str, name: str, raw: str) -> object:

@@ -1,7 +1,7 @@
 """The one exception hierarchy of creditq.
 
 Every error a caller can act on is a :class:`CreditqError`. The API maps each class to one HTTP status and
-one ``error.code`` (CONTRACT.md's table); the CLI prints its message on one line; the worker decides from the
+one ``error.code`` (docs/API.md's error table); the CLI prints its message on one line; the worker decides from the
 class whether to retry. Nothing else is raised on purpose.
 
     CreditqError

@@ -10,12 +10,12 @@ the day and on the cooldown. Keys, all under ``{queue_name}:limits:`` and all ex
 - ``daily:<account>``: HASH UTC day number → jobs started that day (only today's field is kept).
 - ``cooldown:<account>:<kind>``: "<start ms> <task id>", expiring when the cooldown ends.
 
-A reservation is taken before credits are held (CONTRACT.md: limits are checked first), so a request that
+A reservation is taken before credits are held (docs/API.md: limits are checked first), so a request that
 then fails on credits briefly holds a slot it gives back with :func:`undo`. To keep the limits exact with
 respect to what finally commits, a request refused while the account has pending reservations waits for them
 to resolve (briefly, see :func:`reserve`) and asks again, rather than answer 429 for a job that never happens.
 
-Limits are a policy, not money: credits are the hard limit (DESIGN.md). Still, when Redis is unreachable the
+Limits are a policy, not money: credits are the hard limit (docs/CONFIGURATION.md). Still, when Redis is unreachable the
 limits cannot be enforced, and every function here raises :class:`~shared.errors.Unavailable` (fail closed).
 """
 

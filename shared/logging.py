@@ -3,6 +3,9 @@
 Call :func:`configure` once per process (the CLI does); everything else calls ``structlog.get_logger()`` and
 binds context (``task_id``, ``account_id``, ``request_id``...) per call or with ``structlog.contextvars``.
 Standard-library loggers (arq, uvicorn) go through the same renderer so a process prints one format.
+A line logged with a traceback (``log.exception``, a 500) carries it: as structured data in JSON
+(``"exception": [{"exc_type", "exc_value", "frames": [...]}]``, without frame locals, scrubbed like every value),
+as text on the console.
 """
 
 from __future__ import annotations
@@ -47,6 +50,32 @@ def _drop_secrets(_: object, __: str, event: dict[str, object]) -> dict[str, obj
     return event
 
 
+def _scrubbed(value: object) -> object:
+    """``value`` with every string inside it (nested dicts and lists) scrubbed of secret-looking parts."""
+    if isinstance(value, str):
+        return _scrub(value)
+    if isinstance(value, dict):
+        return {k: _scrubbed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrubbed(v) for v in value]
+    return value
+
+
+def _scrub_exception(_: object, __: str, event: dict[str, object]) -> dict[str, object]:
+    """Scrub the structured traceback as every other value: an exception's message may quote a URL with a token."""
+    if "exception" in event:
+        event["exception"] = _scrubbed(event["exception"])
+    return event
+
+
+# The traceback of a line logged with exc_info (log.exception, a 500), as structured JSON: ``"exception": [{
+# "exc_type", "exc_value", "frames": [{"filename", "lineno", "name", ...}], ...}]``. Without frame locals: they
+# may hold API keys and tokens, and no scrubber can know every shape they take.
+_TRACEBACKS = structlog.processors.ExceptionRenderer(
+    structlog.tracebacks.ExceptionDictTransformer(show_locals=False, max_frames=50)
+)
+
+
 def configure(settings: Settings, stream: object = None) -> None:
     """Configure structlog and stdlib logging for this process. Idempotent: a second call reconfigures."""
     out = stream or sys.stderr
@@ -69,9 +98,11 @@ def configure(settings: Settings, stream: object = None) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(level),
         cache_logger_on_first_use=True,
     )
+    # JSON lines carry the traceback as data; the console renderer prints it as text by itself.
+    tracebacks: list[structlog.types.Processor] = [_TRACEBACKS, _scrub_exception] if fmt == "json" else []  # type: ignore[list-item]
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tracebacks, renderer],
     )
     handler = logging.StreamHandler(out)  # type: ignore[arg-type]
     handler.setFormatter(formatter)
@@ -80,5 +111,6 @@ def configure(settings: Settings, stream: object = None) -> None:
     root.setLevel(level)
     # uvicorn's access log is one line per request: noise next to our own request lines.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
-    # httpx logs every request at INFO; ours are logged once, with context, by the provider client.
+    # httpx logs every request URL at INFO: ours are logged once, with context, by the provider client, and a
+    # client's callback URL may carry its secrets.
     logging.getLogger("httpx").setLevel(logging.WARNING)

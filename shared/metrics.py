@@ -35,13 +35,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 
 from shared.config import Settings
 from shared.ledger import stats
+from shared.ratelimit import Circuit, ProviderBudget
 
 # --- What the API and the workers count -----------------------------------------------------------------------
 
@@ -259,8 +260,6 @@ def local_collector(settings: Settings) -> Collector:
     multiprocess collection of every API process on this host."""
     if not settings.metrics_dir:
         return REGISTRY
-    from prometheus_client import multiprocess
-
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=settings.metrics_dir)  # type: ignore[no-untyped-call]
     return registry
@@ -293,8 +292,6 @@ class OpsState:
 
 async def ops_state(settings: Settings, pool: asyncpg.Pool | None, redis: Redis | None) -> OpsState:
     """Read the scrape-time state; never raises for an unreachable source (it is recorded in ``errors``)."""
-    from shared.ratelimit import Circuit, ProviderBudget
-
     state = OpsState()
 
     async def postgres() -> None:
@@ -405,8 +402,6 @@ def state_families(state: OpsState) -> list[Metric]:
 
 def render(local: Collector | None, state: OpsState) -> bytes:
     """The text exposition of ``/metrics``: local figures, worker snapshots and scrape-time gauges."""
-    from prometheus_client import generate_latest
-
     return generate_latest(ClusterCollector(local, state.workers, state_families(state)))
 
 

@@ -3,7 +3,7 @@
 One :class:`httpx.AsyncClient` per process (pooled keep-alive connections); the worker hands its own client in so
 that shutdown closes it once. Every call is bounded by ``KIE_TIMEOUT`` as a whole, not per socket operation.
 
-The provider answers HTTP 200 with the verdict in the body's ``code`` (kie-protocol.md), except for real 429s and
+The provider answers HTTP 200 with the verdict in the body's ``code`` (docs/PROVIDER.md), except for real 429s and
 the odd 5xx from its edge, so both are read: an error HTTP status wins unless the body names a more precise
 error code. Errors map onto the one hierarchy of :mod:`shared.errors`:
 
@@ -209,7 +209,7 @@ def _verdict(resp: httpx.Response, path: str, *, create: bool) -> tuple[int, Any
         raw = body.get("code")
         if isinstance(raw, int) and not isinstance(raw, bool):
             code = raw
-        elif isinstance(raw, str) and raw.isdigit():
+        elif isinstance(raw, str) and raw.isascii() and raw.isdigit() and len(raw) <= 6:
             code = int(raw)
         msg = str(body.get("msg") or body.get("message") or "")
         data = body.get("data")

@@ -1,13 +1,15 @@
 """The arq queue: how the API and the sweeper say "look at task X soon".
 
-Redis is only a hint (DESIGN.md principle 1): a task whose queue entry is lost is found again in Postgres by the
+Redis is only a hint (docs/ARCHITECTURE.md, principle 1): a task whose queue entry is lost is found again in Postgres by the
 sweeper. Each task has one arq job id, ``task:<taskId>``, so enqueueing a task that is already queued is a no-op;
 a callback's "look now" uses a second id, ``poke:<taskId>``, so it is never swallowed by the deferred poll job.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from redis.exceptions import RedisError
@@ -55,17 +57,68 @@ async def enqueue(arq: ArqRedis, settings: Settings, task_id: str, defer_by: flo
     return job is not None
 
 
-async def poke(arq: ArqRedis, settings: Settings, task_id: str) -> bool:
-    """Ask a worker to check the task now (a provider callback arrived). Idempotent while one poke is queued.
+# The poke gate of one task: the time (ms, Redis's clock) of the last poke it let through or scheduled. A poke at
+# least a window after it goes now; one within the window schedules a single poke at the window's end; further
+# ones, while that scheduled poke is still ahead, coalesce into it. So whatever the number of callbacks, a task
+# gets at most one poke per window, and the last callback of a burst is looked at within a window.
+_POKE_GATE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = tonumber(ARGV[1])
+local last = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if last < 0 or now >= last + window then
+  redis.call('SET', KEYS[1], now, 'PX', window * 3)
+  return {0, now}
+end
+if last > now then
+  return {-1, last}
+end
+redis.call('SET', KEYS[1], last + window, 'PX', window * 3)
+return {last + window, now}
+"""
+# A poke that finds the task still pending looks again this many times, 2-3 s apart (the callback may come a
+# moment before the record shows the outcome). A scheduled (coalesced) poke runs a window after the callbacks it
+# stands for, when the record has caught up: it looks once (it starts with its try count past the rechecks).
+POKE_RECHECKS = 3
 
-    The job is scored in the past, so it runs before every job that became due after it: workers take due jobs
-    oldest score first, and a callback should not wait behind a burst of creates (BENCHMARKS.md)."""
-    job = await arq.enqueue_job(
-        STEP_FUNCTION,
-        task_id,
-        True,
-        _job_id=poke_id(task_id),
-        _queue_name=settings.queue_name,
-        _defer_until=datetime.now(UTC) - POKE_HEAD_START,
-    )
+
+def poke_gate_key(settings: Settings, task_id: str) -> str:
+    return f"{settings.queue_name}:poke-gate:{task_id}"
+
+
+async def poke(arq: ArqRedis, settings: Settings, task_id: str) -> bool:
+    """Ask a worker to check the task soon (a provider callback arrived). Returns True when a poke was queued,
+    False when this one coalesced into a poke already queued or scheduled.
+
+    Bounded per task (``CREDITQ_POKE_SECONDS``, the window): the first callback after a quiet window pokes at
+    once; callbacks within the window schedule one poke at its end, and any more coalesce into that one. So a
+    flood of callbacks for one task costs at most one poke (at most 1 + :data:`POKE_RECHECKS` status queries for
+    an immediate one, 1 for a scheduled one) per window. An immediate poke is scored in the past, so it runs
+    before every job that became due after it: workers take due jobs oldest score first, and a callback should
+    not wait behind a burst of creates (BENCHMARKS.md). Raises redis errors (the caller answers 503)."""
+    window_ms = max(1, round(settings.poke_seconds * 1000))
+    gate = arq.eval(_POKE_GATE, 1, poke_gate_key(settings, task_id), str(window_ms))
+    at_ms, _ = await cast(Awaitable[list[int]], gate)
+    at_ms = int(at_ms)
+    if at_ms < 0:
+        return False
+    if at_ms == 0:
+        job = await arq.enqueue_job(
+            STEP_FUNCTION,
+            task_id,
+            True,
+            _job_id=poke_id(task_id),
+            _queue_name=settings.queue_name,
+            _defer_until=datetime.now(UTC) - POKE_HEAD_START,
+        )
+    else:
+        job = await arq.enqueue_job(
+            STEP_FUNCTION,
+            task_id,
+            True,
+            _job_id=f"{poke_id(task_id)}:{at_ms}",
+            _queue_name=settings.queue_name,
+            _defer_until=datetime.fromtimestamp(at_ms / 1000, UTC),
+            _job_try=POKE_RECHECKS + 1,
+        )
     return job is not None

@@ -1,4 +1,4 @@
-"""The KIE.ai provider simulator: a small Starlette app that speaks ``docs/kie-protocol.md``.
+"""The KIE.ai provider simulator: a small Starlette app that speaks ``docs/PROVIDER.md``.
 
 It serves the generic jobs API (``/api/v1/jobs/createTask``, ``/api/v1/jobs/recordInfo``), the Veo 3 family
 (``/api/v1/veo/generate``, ``/api/v1/veo/record-info``) and the account balance (``/api/v1/chat/credit``) with

@@ -1,6 +1,6 @@
 """The simulator's ASGI app: routes, auth, rate limits, credits, and the lifespan running the background work.
 
-Provider endpoints (``docs/kie-protocol.md``), all behind ``Authorization: Bearer <key>``:
+Provider endpoints (``docs/PROVIDER.md``; all of them in ``docs/SIMULATOR.md``), all behind ``Authorization: Bearer <key>``:
 
 - ``POST /api/v1/jobs/createTask`` ``{"model", "input": {..., "prompt"}, "callBackUrl"?}`` → ``data.taskId``
   (32 hex characters).

@@ -1,4 +1,4 @@
-"""Every row of CONTRACT.md's error table, in the one shape ``{"error": {"code", "message", ...}}``; unknown
+"""Every row of docs/API.md's error table, in the one shape ``{"error": {"code", "message", ...}}``; unknown
 routes and methods; a bug's 500; and Postgres or Redis down → 503, never a 500 or a hang."""
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ class TestPayloadTooLarge:
 
     async def test_just_under_the_cap_is_fine(self, client: httpx.AsyncClient, make_account: MakeAccount) -> None:
         _, key = await make_account(credits=100)
-        r = await client.post("/v1/jobs", json=job("x" * 19_000, pad="y" * 44_000), headers=bearer(key))
+        r = await client.post("/v1/jobs", json=job("x" * 5_000, pad="y" * 58_000), headers=bearer(key))
         assert r.status_code == 202, r.text
 
 

@@ -35,8 +35,10 @@ class TestModels:
         r = await client.get("/v1/models")
         assert r.status_code == 200
         items = {m["model"]: m for m in r.json()["items"]}
-        assert items[IMAGE] == {"model": IMAGE, "kind": "image", "family": "jobs", "cost": 4}
+        contract = {k: items[IMAGE][k] for k in ("model", "kind", "family", "cost")}
+        assert contract == {"model": IMAGE, "kind": "image", "family": "jobs", "cost": 4}
         assert items["veo3"]["family"] == "veo"
+        assert set(items[IMAGE]) == {"model", "kind", "family", "cost", "inputs", "pricing"}
 
 
 class TestSubmit:

@@ -8,6 +8,7 @@ task's callback token.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 import time
@@ -136,3 +137,44 @@ async def test_batched_submits_log_their_own_request_id(procs: Processes) -> Non
     await asyncio.sleep(0.3)
     queued = {x["task_id"]: x["request_id"] for x in _lines(api) if x.get("event") == "task.queued"}
     assert {t: queued.get(t) for t in made} == made
+
+
+async def test_a_500_logs_its_traceback_as_json_with_the_request_id(api_settings: Settings) -> None:
+    """A route that raises: the JSON line of the 500 carries the structured traceback (type, message, frames, no
+    locals), the request id, and no secret from the exception's message."""
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from api.app import create_app
+    from tests.apiserver import serve
+
+    async def exploding_handler(request: Request) -> Response:
+        secret_local = "cq_thisisalocalsecretvalue1234"  # noqa: F841 - must never reach the log
+        raise RuntimeError("kaboom at https://hook.example/cb?token=t0ps3cret")
+
+    json_settings = dataclasses.replace(api_settings, log_format="json")
+    stream = io.StringIO()
+    configure(json_settings, stream)
+    # Not cached: a logger bound under this test's configuration would keep it (and its stream) for later tests.
+    structlog.configure(cache_logger_on_first_use=False)
+    try:
+        app = create_app(json_settings)
+        app.router.routes.append(Route("/boom", exploding_handler))
+        async with serve(json_settings, app) as local:
+            r = await local.client.get("/boom", headers={"X-Request-ID": "req-trace-1"})
+    finally:
+        configure(api_settings)
+    assert r.status_code == 500
+    lines = [json.loads(line) for line in stream.getvalue().splitlines() if line.startswith("{")]
+    [line] = [x for x in lines if x.get("event") == "internal error"]
+    assert line["request_id"] == "req-trace-1"
+    assert line["level"] == "error" and line["path"] == "/boom"
+    [exc] = line["exception"]
+    assert exc["exc_type"] == "RuntimeError"
+    assert exc["exc_value"] == "kaboom at https://hook.example/cb?token=[redacted]"
+    assert exc["frames"][-1]["name"] == "exploding_handler"
+    assert all("locals" not in frame for frame in exc["frames"])
+    text = stream.getvalue()
+    assert "t0ps3cret" not in text and "thisisalocalsecretvalue" not in text
+    assert "exc_info" not in line

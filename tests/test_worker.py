@@ -542,28 +542,3 @@ def test_unreachable_at_start_is_one_line(procs: Processes, var: str, value: str
     assert w.popen.wait(20) == 2
     out = w.output().strip().splitlines()
     assert len(out) == 1 and out[0].startswith("creditq: error:") and says in out[0], out
-
-
-async def test_audit_fixers(settings: Settings, pool: asyncpg.Pool, make_account: MakeAccount) -> None:
-    from worker.recovery import fixers
-
-    acct, _ = await make_account(credits=100, tier="pro")
-    stuck = await submit(pool, None, settings, acct.id, "stuck", enqueue=False)
-    won = await submit(pool, None, settings, acct.id, "won", enqueue=False)
-    lost = await submit(pool, None, settings, acct.id, "lost", enqueue=False)
-    # What bugs or a hand-edited database could leave: a live task long past its deadline, and tasks that ended
-    # without their holds being settled.
-    await pool.execute("UPDATE tasks SET deadline_at = now() - interval '1 hour' WHERE id = $1", stuck)
-    await pool.execute("UPDATE tasks SET status = 'succeeded', charged = cost, finished_at = now() WHERE id = $1", won)
-    await pool.execute("UPDATE tasks SET status = 'failed', finished_at = now() WHERE id = $1", lost)
-    kinds = {p.kind for p in await audit.check(pool, 2) if p.accountId == acct.id}
-    assert kinds >= {"stuck_task", "open_hold_on_terminal_task"}
-    report = await audit.audit(pool, 2, fixers(settings))
-    assert [p for p in report.problems if p.accountId == acct.id] == []
-    assert (await tasks.get(pool, stuck))["error_code"] == "provider_timeout"
-    assert await entries(pool, won) == ["hold", "capture"]
-    assert await entries(pool, lost) == ["hold", "release"]
-    assert await account_state(pool, acct.id) == (96, 0)
-    # Running the repairs again changes nothing.
-    again = await audit.audit(pool, 2, fixers(settings))
-    assert not [f for f in again.fixed if acct.id in f or stuck in f]

@@ -35,10 +35,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import random
 import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 from urllib.parse import parse_qs, quote, urlsplit
@@ -48,7 +46,7 @@ import structlog
 from arq import Retry
 from redis.exceptions import RedisError
 
-from shared import db, metrics
+from shared import db, metrics, queue, settlement
 from shared.errors import (
     NotFound,
     ProviderError,
@@ -70,8 +68,7 @@ CREATE_TOKEN_WAIT = 2.0  # seconds a step may wait for a create token before re-
 QUERY_TOKEN_WAIT = 1.0
 CIRCUIT_COOLDOWN = 60.0  # an open circuit closes by itself after this, so that a create probes the provider
 CIRCUIT_RECHECK = (3.0, 6.0)  # a queued task looks at an open circuit again after this many seconds
-POKE_RECHECKS = 3  # a poke that finds the task still pending looks again this many times, 2-3 s apart
-NOTIFY_TIMEOUT = 5.0
+POKE_RECHECKS = queue.POKE_RECHECKS  # a poke that finds the task still pending looks again, 2-3 s apart
 STEP_SLACK = 7.0  # a step's own time budget beyond KIE_TIMEOUT (token waits, a few statements)
 
 Log = Any  # a bound structlog logger
@@ -142,7 +139,7 @@ async def _step(rt: Runtime, task_id: str, poked: bool, job_try: int) -> str:
         return "unknown"
     tlog = _bound(task)
     if task["status"] in tasks.TERMINAL:
-        await _release_limits(rt, task)
+        await settlement.release_slot(rt, task)
         return str(task["status"])
     model = rt.model(task)
     if _until(task["deadline_at"]) <= 0:
@@ -390,17 +387,10 @@ async def _provider_failed(rt: Runtime, task: asyncpg.Record, tlog: Log, message
 
 
 async def expire(rt: Runtime, task: asyncpg.Record, tlog: Log | None = None) -> str:
-    """The deadline path: fail a live task past its deadline with ``provider_timeout`` and release its hold.
-    Idempotent (exactly-once settlement). Raises Unavailable, NotFound."""
-    what = "started" if task["status"] == "queued" else "finished"
-    return await settle(
-        rt,
-        task,
-        "failed",
-        tlog or _bound(task),
-        error_code="provider_timeout",
-        error_message=f"the provider had not {what} the task by its deadline",
-    )
+    """The deadline path (:func:`shared.settlement.expire`): fail a live task past its deadline with
+    ``provider_timeout`` and release its hold. Idempotent (exactly-once settlement). Raises Unavailable, NotFound."""
+    row, _ = await settlement.expire(rt, task, tlog or _bound(task))
+    return str(row["status"])
 
 
 async def settle(
@@ -413,55 +403,13 @@ async def settle(
     error_code: str | None = None,
     error_message: str | None = None,
 ) -> str:
-    """End the task (``ledger.tasks.finish``: terminal state and capture/release, one transaction, exactly
-    once), then, if this call ended it, free its tier slot and notify the client (best effort, after the
-    commit). Returns the task's status as it now is. Raises Unavailable."""
-    row, changed = await tasks.finish(
-        rt.pool, task["id"], status, result=result, error_code=error_code, error_message=error_message
+    """End the task through :func:`shared.settlement.settle` (terminal state and capture/release, one
+    transaction, exactly once; then, if this call ended it, the tier slot freed and the client notified, best
+    effort, after the commit). Returns the task's status as it now is. Raises Unavailable."""
+    row, _ = await settlement.settle(
+        rt, task, status, tlog, result=result, error_code=error_code, error_message=error_message
     )
-    if changed:
-        # The money lines and counters come from shared.ledger.observe, in finish itself.
-        tlog.info(f"task.{status}", error_code=error_code, charged=row["charged"])
-        await _release_limits(rt, row)
-        await _notify(rt, row, tlog)
     return str(row["status"])
-
-
-async def _release_limits(rt: Runtime, task: asyncpg.Record) -> None:
-    # shared.limits is another module's (tier limits); it may not exist in this build. Its release is keyed by
-    # task, so calling it again for an ended task is harmless, and that is what frees a slot whose first
-    # release was lost to a crash.
-    release = _limits_release()
-    if release is None:
-        return
-    try:
-        await release(rt.redis, rt.settings, task["account_id"], task["id"])
-    except Exception as e:  # a tier slot must never hold up a settlement that already happened
-        log.warning("limits.release_failed", task_id=task["id"], error=f"{type(e).__name__}: {e}")
-
-
-def _limits_release() -> Callable[..., Awaitable[None]] | None:
-    try:
-        module = importlib.import_module("shared.limits")
-    except ImportError:
-        return None
-    release = getattr(module, "release", None)
-    return release if callable(release) else None
-
-
-async def _notify(rt: Runtime, task: asyncpg.Record, tlog: Log) -> None:
-    """One POST of the task view to the client's ``callback_url`` (checked by the API at submit); no retries."""
-    url = task["callback_url"]
-    if not url:
-        return
-    try:
-        async with asyncio.timeout(NOTIFY_TIMEOUT):
-            resp = await rt.http.post(
-                url, json=tasks.task_view(task), timeout=NOTIFY_TIMEOUT, headers={"User-Agent": "creditq-webhook/1"}
-            )
-        tlog.info("task.notified", http=resp.status_code)
-    except Exception as e:  # best effort by contract
-        tlog.info("task.notify_failed", error=type(e).__name__)
 
 
 # --- helpers --------------------------------------------------------------------------------------------------

@@ -60,8 +60,6 @@ def run(settings: Settings) -> int:
     Postgres and Redis are reached before any job is taken: either unreachable raises Unavailable with a
     one-line message (the CLI prints it). Logging must already be configured.
     """
-    # httpx logs every request URL at INFO; a client's callback URL may carry its secrets.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     if logging.getLogger().level > logging.DEBUG:
         # arq's two lines per step would drown the task lines; its warnings and errors still show.
         logging.getLogger("arq.worker").setLevel(logging.WARNING)

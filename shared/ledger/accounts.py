@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
+import re
 import secrets
+import unicodedata
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
 import asyncpg
@@ -73,6 +76,8 @@ async def create_account(
     if credits < 0:
         raise InvalidInput("credits must be ≥ 0", details=[{"field": "credits", "message": "must be ≥ 0"}])
     key = new_api_key()
+    if external_id is not None:
+        external_id = unicodedata.normalize("NFC", external_id)
     try:
         async with mapped():
             r = await conn.fetchrow(
@@ -101,7 +106,8 @@ async def create_account(
 
 
 async def get_account(conn: Conn, ref: str) -> Account:
-    """The account by id or externalId. Raises NotFound."""
+    """The account by id or externalId (NFC-normalised first, as externalIds are stored). Raises NotFound."""
+    ref = unicodedata.normalize("NFC", ref)
     r = await conn.fetchrow(
         "SELECT * FROM accounts WHERE id = $1 UNION ALL "
         "SELECT * FROM accounts WHERE external_id = $1 AND id <> $1 LIMIT 1",
@@ -198,24 +204,56 @@ def encode_cursor(value: str) -> str:
     return base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
 
 
+_CURSOR_CHARS = re.compile(r"[A-Za-z0-9_\-]{1,600}")
+_CURSOR_ID = re.compile(r"[\x21-\x7e]{1,255}")  # creditq's ids and payment event ids: visible ASCII
+
+
+def _bad_cursor() -> InvalidInput:
+    return InvalidInput("cursor is not valid", details=[{"field": "cursor", "message": "is not a cursor of this list"}])
+
+
 def decode_cursor(cursor: str) -> str:
-    """Raises InvalidInput for a cursor this service did not make."""
+    """The text inside a cursor (URL-safe base64 of ASCII). Raises InvalidInput for a cursor this service did
+    not make."""
+    if not _CURSOR_CHARS.fullmatch(cursor):
+        raise _bad_cursor()
     try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidInput("cursor is not valid", details=[{"field": "cursor"}]) from None
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise _bad_cursor() from None
+    if not text.isprintable():
+        raise _bad_cursor()
+    return text
+
+
+def decode_id_cursor(cursor: str) -> int:
+    """A cursor of an entry id: ASCII digits of a positive bigint. Raises InvalidInput otherwise."""
+    raw = decode_cursor(cursor)
+    if not (0 < len(raw) <= 19 and raw.isascii() and raw.isdigit()) or int(raw) > 2**63 - 1:
+        raise _bad_cursor()
+    return int(raw)
+
+
+def decode_keyset_cursor(cursor: str) -> tuple[datetime, str]:
+    """A cursor of ``<ISO timestamp>|<id>`` (a keyset on created_at, id): the timestamp in UTC and the id.
+    Raises InvalidInput for anything else (not ASCII, a date Python or Postgres cannot hold, an id of other
+    characters than creditq's ids use)."""
+    ts, sep, after_id = decode_cursor(cursor).partition("|")
+    if not sep or not _CURSOR_ID.fullmatch(after_id) or len(ts) > 40:
+        raise _bad_cursor()
+    try:
+        when = datetime.fromisoformat(ts)
+        when = when.astimezone(UTC) if when.tzinfo is not None else when.replace(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise _bad_cursor() from None
+    return when, after_id
 
 
 async def list_entries(
     conn: Conn, account_id: str, limit: int, cursor: str | None
 ) -> tuple[list[dict[str, Any]], str | None]:
     """One page of the account's entries, newest first, and the cursor of the next page (None at the end)."""
-    before = 2**63 - 1
-    if cursor:
-        raw = decode_cursor(cursor)
-        if not raw.isdigit():
-            raise InvalidInput("cursor is not valid", details=[{"field": "cursor"}])
-        before = int(raw)
+    before = decode_id_cursor(cursor) if cursor else 2**63 - 1
     rows = await conn.fetch(
         "SELECT * FROM ledger_entries WHERE account_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
         account_id,

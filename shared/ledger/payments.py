@@ -41,6 +41,7 @@ import asyncpg
 import structlog
 
 from shared.errors import InvalidInput, NotFound
+from shared.ledger.accounts import decode_keyset_cursor
 from shared.ledger.audit import Fixer, Problem
 from shared.ledger.sqlerrors import mapped
 from shared.pricing import Pricing
@@ -423,11 +424,7 @@ async def list_events(
     before_at: datetime | None = None
     before_id = ""
     if cursor:
-        try:
-            at, before_id = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().split("|", 1)
-            before_at = datetime.fromisoformat(at)
-        except ValueError:
-            raise InvalidInput("cursor is not valid", details=[{"field": "cursor"}]) from None
+        before_at, before_id = decode_keyset_cursor(cursor)
     rows = await conn.fetch(
         "SELECT *, false AS inserted FROM payment_events "
         "WHERE ($1::text IS NULL OR status = $1) "

@@ -32,16 +32,31 @@ def translate(e: asyncpg.PostgresError) -> CreditqError | None:
         return IdempotencyConflict(message)
     if state == "CQ422":
         return InvalidInput(message, details=[{"message": message}])
+    if state == "22003":
+        # numeric_value_out_of_range: a bigint sum overflowed (the 1,025th grant of 2^53-1 to one account).
+        why = "the amount would take a balance or a total beyond what creditq can hold"
+        return InvalidInput(why, details=[{"field": "amount", "message": why}])
+    if state.startswith(("22", "54")):
+        # Other data exceptions and program limits: a value the database cannot store. The API's edge refuses
+        # every such value it knows of first; this keeps one it missed from becoming a 500.
+        why = "a value of this request cannot be stored"
+        return InvalidInput(why, details=[{"message": why}])
     return None
 
 
 @asynccontextmanager
 async def mapped() -> AsyncIterator[None]:
-    """Re-raise CQxxx database errors as creditq errors; let everything else through."""
+    """Re-raise CQxxx database errors, data exceptions (class 22, and asyncpg's refusals to encode an argument) and
+    program limits (class 54) as creditq errors; let everything else through."""
     try:
         yield
     except asyncpg.PostgresError as e:
         err = translate(e)
+        if err is None and isinstance(e, asyncpg.DataError):
+            # asyncpg's own refusal to encode an argument (no SQLSTATE): an unpaired surrogate, an int beyond
+            # bigint, a date beyond Postgres's range.
+            why = "a value of this request cannot be stored"
+            err = InvalidInput(why, details=[{"message": why}])
         if err is None:
             raise
         raise err from None

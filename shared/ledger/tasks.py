@@ -17,9 +17,17 @@ from typing import Any
 
 import asyncpg
 
-from shared.errors import CreditqError, IdempotencyConflict, InsufficientCredits, NotCancelable, NotFound
+from shared.db import CONNECTION_ERRORS
+from shared.errors import (
+    CreditqError,
+    IdempotencyConflict,
+    InsufficientCredits,
+    InvalidInput,
+    NotCancelable,
+    NotFound,
+)
 from shared.ledger import observe
-from shared.ledger.accounts import Conn, decode_cursor, encode_cursor
+from shared.ledger.accounts import Conn, decode_keyset_cursor, encode_cursor
 from shared.ledger.sqlerrors import mapped
 from shared.pricing import Model
 
@@ -40,7 +48,12 @@ class Submitted:
 
 @dataclass(frozen=True, slots=True)
 class SubmitRequest:
-    """One submit, as the batch function takes it."""
+    """One submit, as the batch function takes it.
+
+    ``input`` is stored on the task and is what the worker sends: the API gives the validated input (defaults
+    applied) of :func:`shared.pricing.price`, with its ``cost`` and ``breakdown``; without them the model's
+    ``cost`` is held (a batch built in code, e.g. by tests).
+    """
 
     model: Model
     input: dict[str, Any]
@@ -48,6 +61,13 @@ class SubmitRequest:
     idempotency_key: str | None
     request_hash: str | None
     task_id: str = field(default_factory=lambda: new_task_id())
+    cost: int | None = None
+    breakdown: list[dict[str, Any]] | None = None
+
+    @property
+    def price(self) -> int:
+        """The credits this submit holds."""
+        return self.model.cost if self.cost is None else self.cost
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -58,7 +78,8 @@ class SubmitRequest:
             "input": self.input,
             "callback_url": self.callback_url,
             "token": secrets.token_urlsafe(24),
-            "cost": self.model.cost,
+            "cost": self.price,
+            "breakdown": self.breakdown if self.breakdown is not None else [{"credits": self.price}],
             "deadline": self.model.deadline_seconds,
             "key": self.idempotency_key,
             "hash": self.request_hash,
@@ -85,7 +106,7 @@ async def submit_batch(
     out: list[Submitted | CreditqError] = []
     for i, (req, r) in enumerate(zip(requests, rows, strict=True)):
         if r["outcome"] == "insufficient":
-            out.append(InsufficientCredits(required=req.model.cost, available=r["available"]))
+            out.append(InsufficientCredits(required=req.price, available=r["available"]))
         elif r["outcome"] == "conflict":
             out.append(IdempotencyConflict("this Idempotency-Key was used with another request body"))
         else:
@@ -127,7 +148,8 @@ class SubmitBatcher:
 
     An idle account's submit goes at once (a batch of one), so batching adds no latency; a hot account's row is
     locked once per batch instead of once per submit. Exact: admission, idempotency and errors are per request,
-    as with :func:`submit`.
+    as with :func:`submit`, including a request the database refuses: it fails alone and the others commit
+    (:meth:`_isolated`).
     """
 
     def __init__(self, max_batch: int = 100) -> None:
@@ -157,8 +179,8 @@ class SubmitBatcher:
         while queue:
             batch, queue[:] = queue[: self._max], queue[self._max :]
             try:
-                results = await submit_batch(pool, account_id, [req for req, _, _ in batch], [c for _, _, c in batch])
-            except BaseException as e:  # the whole batch failed: each waiter gets the error
+                results = await self._isolated(pool, account_id, batch)
+            except BaseException as e:  # the whole batch failed for a cause they share: each waiter gets it
                 for _, fut, _ in batch:
                     if not fut.done():
                         fut.set_exception(e)
@@ -169,11 +191,46 @@ class SubmitBatcher:
             for (_, fut, _), result in zip(batch, results, strict=True):
                 if fut.done():
                     continue
-                if isinstance(result, CreditqError):
+                if isinstance(result, BaseException):
                     fut.set_exception(result)
                 else:
                     fut.set_result(result)
         del self._queues[account_id]
+
+    async def _isolated(
+        self,
+        pool: Conn,
+        account_id: str,
+        batch: list[tuple[SubmitRequest, asyncio.Future[Submitted], contextvars.Context]],
+    ) -> list[Submitted | BaseException]:
+        """The batch's results, each request's outcome its own. A batch whose statement fails for a cause of
+        one request (a value the database refuses, a broken invariant) rolled back whole; it is split in halves,
+        each tried again, down to the request that fails alone, which gets that error (a value that cannot be
+        stored: 422), while every other commits (in a few statements: a poison among n costs about 2·log2(n)).
+        Halves go in order, so admission stays in arrival order. Raises, for all, what they share: Postgres
+        unreachable, and the account's own refusals (NotFound, Forbidden)."""
+        try:
+            return list(await submit_batch(pool, account_id, [r for r, _, _ in batch], [c for _, _, c in batch]))
+        except Exception as e:
+            if not _one_requests_fault(e):
+                raise
+            if len(batch) == 1:
+                return [e]
+            mid = len(batch) // 2
+            return [
+                *await self._isolated(pool, account_id, batch[:mid]),
+                *await self._isolated(pool, account_id, batch[mid:]),
+            ]
+
+
+def _one_requests_fault(e: Exception) -> bool:
+    """True when a batch's failure may be one request's doing (so splitting the batch can isolate it): a value
+    refused (InvalidInput, as :func:`~shared.ledger.sqlerrors.mapped` turns data exceptions) or any unexpected
+    database or encoding error. False for what every request of the batch shares: the connection, and the
+    account's own state (no such account, suspended)."""
+    if isinstance(e, CreditqError):
+        return isinstance(e, InvalidInput)
+    return not isinstance(e, (*CONNECTION_ERRORS, OSError, TimeoutError))
 
 
 async def get(conn: Conn, task_id: str, account_id: str | None = None) -> asyncpg.Record:
@@ -198,13 +255,7 @@ async def list_for_account(
     after_ts: datetime | None = None
     after_id = ""
     if cursor:
-        try:
-            ts, after_id = decode_cursor(cursor).split("|", 1)
-            after_ts = datetime.fromisoformat(ts)
-        except ValueError:
-            from shared.errors import InvalidInput
-
-            raise InvalidInput("cursor is not valid", details=[{"field": "cursor"}]) from None
+        after_ts, after_id = decode_keyset_cursor(cursor)
     rows = await conn.fetch(
         "SELECT * FROM tasks WHERE account_id = $1 AND ($2::text IS NULL OR status = $2) "
         "AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4)) "
@@ -267,7 +318,7 @@ async def cancel(conn: Conn, task_id: str, account_id: str) -> asyncpg.Record:
 
 
 def task_view(r: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
-    """A task as the API shows it (CONTRACT.md's task view)."""
+    """A task as the API shows it (docs/API.md's task view)."""
     view: dict[str, Any] = {
         "taskId": r["id"],
         "model": r["model"],
@@ -279,6 +330,12 @@ def task_view(r: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
     }
     if r["finished_at"] is not None:
         view["finishedAt"] = r["finished_at"].isoformat()
+    # Beyond the contract's view: what the cost was made of (None for tasks from before the price breakdown).
+    breakdown = r.get("price_breakdown")
+    if isinstance(breakdown, str):
+        breakdown = json.loads(breakdown)
+    if breakdown is not None:
+        view["breakdown"] = breakdown
     result = r["result"]
     if isinstance(result, str):
         result = json.loads(result)

@@ -1,0 +1,121 @@
+"""How a task ends: the one ending shared by the worker's step, the sweeper and the audit's repairs.
+
+:func:`settle` runs the terminal transaction (``ledger.tasks.finish``: the terminal state and the capture or
+release of the hold, one transaction, exactly once), and then, only if this call ended the task, frees its tier
+slot (:func:`release_slot`) and notifies the client (:func:`notify`), both best effort and after the commit.
+:func:`expire` is the deadline's ending (``provider_timeout``), the same whether a worker's step, the sweeper or
+``creditq audit --fix`` finds the task past its deadline.
+
+What an ending needs besides Postgres is given as a :class:`Context`: the worker's ``Runtime`` is one; the
+repairs (:mod:`shared.repairs`) build their own. A context without Redis skips the slot release (the slot frees
+itself at the task's deadline), one without an HTTP client skips the notification.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Protocol
+
+import asyncpg
+import httpx
+import structlog
+from redis.asyncio import Redis
+
+from shared import limits
+from shared.config import Settings
+from shared.ledger import tasks
+
+log = structlog.get_logger("creditq.settlement")
+
+Log = Any  # a bound structlog logger
+NOTIFY_TIMEOUT = 5.0
+
+
+class Context(Protocol):
+    """The connections an ending uses. Read-only attributes, so that the worker's ``Runtime`` fits as it is."""
+
+    @property
+    def pool(self) -> asyncpg.Pool: ...
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def redis(self) -> Redis | None: ...
+    @property
+    def http(self) -> httpx.AsyncClient | None: ...
+
+
+def bound(task: asyncpg.Record) -> Log:
+    """The logger with the task's identity bound (every task line carries these)."""
+    return log.bind(
+        task_id=task["id"],
+        account_id=task["account_id"],
+        model=task["model"],
+        provider_task_id=task["provider_task_id"],
+    )
+
+
+async def settle(
+    ctx: Context,
+    task: asyncpg.Record,
+    status: str,
+    tlog: Log | None = None,
+    *,
+    result: dict[str, Any] | None = None,
+    error_code: str | None = None,
+    error_message: str | None = None,
+) -> tuple[asyncpg.Record, bool]:
+    """End the task with ``status`` (exactly once, one transaction), then, if this call ended it, free its tier
+    slot and notify the client. Returns the task as it now is and whether this call ended it. Idempotent: a task
+    that already ended is returned unchanged and nothing else happens. Raises Unavailable, NotFound."""
+    row, changed = await tasks.finish(
+        ctx.pool, task["id"], status, result=result, error_code=error_code, error_message=error_message
+    )
+    if changed:
+        tlog = tlog if tlog is not None else bound(row)
+        # The money lines and counters come from shared.ledger.observe, in finish itself.
+        tlog.info(f"task.{status}", error_code=error_code, charged=row["charged"])
+        await release_slot(ctx, row)
+        await notify(ctx, row, tlog)
+    return row, changed
+
+
+async def expire(ctx: Context, task: asyncpg.Record, tlog: Log | None = None) -> tuple[asyncpg.Record, bool]:
+    """The deadline's ending: fail a live task with ``provider_timeout`` and release its hold (:func:`settle`).
+    Idempotent. Raises Unavailable, NotFound."""
+    what = "started" if task["status"] == "queued" else "finished"
+    return await settle(
+        ctx,
+        task,
+        "failed",
+        tlog,
+        error_code="provider_timeout",
+        error_message=f"the provider had not {what} the task by its deadline",
+    )
+
+
+async def release_slot(ctx: Context, task: asyncpg.Record) -> None:
+    """Free the task's tier slot (``shared.limits.release``). Best effort, never raises: a slot must never hold up
+    a settlement that already happened. Keyed by task, so calling it again for an ended task is harmless, and
+    that is what frees a slot whose first release was lost to a crash."""
+    if ctx.redis is None:
+        return
+    try:
+        await limits.release(ctx.redis, ctx.settings, task["account_id"], task["id"])
+    except Exception as e:
+        log.warning("limits.release_failed", task_id=task["id"], error=f"{type(e).__name__}: {e}")
+
+
+async def notify(ctx: Context, task: asyncpg.Record, tlog: Log) -> None:
+    """One POST of the task view to the client's ``callback_url`` (checked by the API at submit); no retries.
+    Best effort, never raises."""
+    url = task["callback_url"]
+    if not url or ctx.http is None:
+        return
+    try:
+        async with asyncio.timeout(NOTIFY_TIMEOUT):
+            resp = await ctx.http.post(
+                url, json=tasks.task_view(task), timeout=NOTIFY_TIMEOUT, headers={"User-Agent": "creditq-webhook/1"}
+            )
+        tlog.info("task.notified", http=resp.status_code)
+    except Exception as e:  # best effort by contract
+        tlog.info("task.notify_failed", error=type(e).__name__)
