@@ -91,7 +91,8 @@ def directives(rnd: random.Random, kind: str, deadline: float) -> tuple[str, dic
         what["create"] = refusal
     parts.insert(0, f"[sim:seconds={seconds:.2f}]")
     what["seconds"] = round(seconds, 2)
-    # Status-query faults, on top (each acts on every second query).
+    # Status-query and callback faults, on top. A simulator that does not know a directive ignores it (the last
+    # three came with the provider's second release), so the schedule does not depend on the simulator's version.
     for directive, share in (
         ("[sim:flaky]", 0.10),
         ("[sim:nocallback]", 0.15),
@@ -100,6 +101,9 @@ def directives(rnd: random.Random, kind: str, deadline: float) -> tuple[str, dic
         ("[sim:query=503]", 0.03),
         ("[sim:query=429]", 0.02),
         ("[sim:state=QUEUING]", 0.03),
+        ("[sim:null=2]", 0.06),  # the first status queries answer "recordInfo is null"
+        ("[sim:querybody=500]", 0.04),  # every second query: HTTP 200 with body code 500
+        ("[sim:callbacks=3]", 0.10),  # the completion callback delivered three times
     ):
         if rnd.random() < share:
             parts.append(directive)
@@ -174,7 +178,8 @@ def make_plan(seed: int, duration: float, shape: Shape) -> list[dict[str, Any]]:
         else:
             ev.update(op="read", account=account, of=rnd.choice(submits) if submits else None)
         events.append(ev)
-    events.extend(_faults(rnd, duration, shape))
+    # The faults have a generator of their own: a change to the load's draws leaves a seed's faults as they were.
+    events.extend(_faults(random.Random(seed * 1_000_003 + 7), duration, shape))
     events.sort(key=lambda e: (e["t"], 0 if e["kind"] == "op" else 1, e.get("id", 0)))
     return events
 
