@@ -348,8 +348,9 @@ async def end_overdue(rt: Runtime, task: asyncpg.Record, tlog: Log | None = None
     unseen a success the other would have seen (a lost callback, then the sweep reaching the task first).
 
     When the provider could not answer (a transient error, no query token) and ``may_wait``, the look is tried
-    again 1-2 s later (raises ``arq.Retry``) until :func:`last_look_grace` has passed. Exactly once (settlement
-    is guarded by the task's state). Raises Unavailable, NotFound, Retry."""
+    again 1-2 s later (raises ``arq.Retry``) until :func:`last_look_grace` has passed; after that, once more at
+    once before the refund. Exactly once (settlement is guarded by the task's state). Raises Unavailable,
+    NotFound, Retry."""
     tlog = tlog or _bound(task)
     ended, unsure = await _last_look(rt, task, rt.model(task), tlog)
     if ended is not None:
@@ -357,6 +358,12 @@ async def end_overdue(rt: Runtime, task: asyncpg.Record, tlog: Log | None = None
     left = last_look_grace(rt.settings.sweep_seconds) + _until(task["deadline_at"])
     if unsure and may_wait and left > 0:
         raise Retry(defer=min(random.uniform(1.0, 2.0), left))
+    if unsure:
+        # The grace is over: one more look before the refund, so that a single transient error (the provider
+        # answers every other query with a 500, say) does not refund a generation that succeeded.
+        ended, _ = await _last_look(rt, task, rt.model(task), tlog)
+        if ended is not None:
+            return ended
     return await expire(rt, task, tlog)
 
 
