@@ -15,9 +15,9 @@ from api.requests import query_limit
 from api.services import Services, services
 from shared import limits
 from shared.errors import Unavailable
-from shared.ledger import accounts
+from shared.ledger import accounts, money
 
-log = structlog.get_logger()
+log = structlog.get_logger("creditq.api")
 
 
 async def account_view(svc: Services, account: accounts.Account) -> dict[str, Any]:
@@ -39,6 +39,17 @@ async def account_view(svc: Services, account: accounts.Account) -> dict[str, An
         "available": account.available,
         "limits": usage,
         "createdAt": account.created_at.isoformat(),
+        **await money_view(svc, account),
+    }
+
+
+async def money_view(svc: Services, account: accounts.Account) -> dict[str, Any]:
+    """The account view's money-over-time fields: ``expiringNext`` (``{"credits", "expiresAt"}`` of the lots
+    that expire soonest, or null) and ``owed`` (credits a refund or dispute took back after they were spent:
+    ``-available`` while available is below zero, else 0; every job is 402 until it is paid)."""
+    return {
+        "expiringNext": await money.expiring_next(await svc.db(), account.id),
+        "owed": max(0, -account.available),
     }
 
 

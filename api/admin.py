@@ -3,6 +3,8 @@ accounts, grant or adjust credits, issue and revoke API keys."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -49,10 +51,12 @@ async def account(request: Request) -> JSONResponse:
 
 
 async def add_credits(request: Request) -> JSONResponse:
-    """``POST /v1/admin/accounts/{id}/credits`` ``{"amount": int ≠ 0, "reason"}`` with an optional
-    ``Idempotency-Key`` → 201 ``{"entry", "account"}``. A positive amount is a ``grant``, a negative one an
-    ``adjustment`` that never takes available below 0 (402). A repeated key answers the first entry; the same
-    key with another amount is 409. Raises NotFound, InvalidInput, InsufficientCredits, IdempotencyConflict."""
+    """``POST /v1/admin/accounts/{id}/credits`` ``{"amount": int ≠ 0, "reason", "expiresAt"?}`` with an
+    optional ``Idempotency-Key`` → 201 ``{"entry", "account"}``. A positive amount is a ``grant`` (a lot that
+    expires at ``expiresAt``, ISO 8601 in the future, or never), a negative one an ``adjustment`` that never
+    takes available below 0 (402) and may not carry ``expiresAt`` (422). A repeated key answers the first
+    entry; the same key with another amount is 409. Raises NotFound, InvalidInput, InsufficientCredits,
+    IdempotencyConflict."""
     require_admin(request)
     svc = services(request)
     body = await json_object(request)
@@ -60,12 +64,36 @@ async def add_credits(request: Request) -> JSONResponse:
     fields = Fields(body)
     amount = fields.integer("amount", required=True, nonzero=True)
     reason = fields.text("reason", required=True, max_length=MAX_REASON_LENGTH)
+    expires_at = future_expiry(fields, amount)
     fields.check()
     pool = await svc.db()
     target = await accounts.get_account(pool, request.path_params["ref"])
-    entry = await money.credit(pool, target.id, amount, reason, key)
+    entry = await money.credit(pool, target.id, amount, reason, key, expires_at=expires_at)
     after = await accounts.get_account(pool, target.id)
     return JSONResponse({"entry": accounts.entry_view(entry), "account": await account_view(svc, after)}, 201)
+
+
+MAX_EXPIRY = timedelta(days=100 * 366)
+
+
+def future_expiry(fields: Fields, amount: int) -> datetime | None:
+    """``expiresAt`` of a credit: absent (never expires), or a date-time in the future (within a century) on a
+    positive amount; a problem is added to ``fields``. Pure apart from reading the clock."""
+    expires_at = fields.timestamp("expiresAt")
+    if expires_at is None:
+        return None
+    now = datetime.now(UTC)
+    try:
+        in_range = now < expires_at <= now + MAX_EXPIRY
+    except OverflowError:  # an offset that takes the date past year 9999
+        in_range = False
+    if not in_range:
+        fields.add("expiresAt", "must be in the future (and within 100 years)")
+        return None
+    if amount < 0:
+        fields.add("expiresAt", "only a positive amount can expire")
+        return None
+    return expires_at
 
 
 async def create_key(request: Request) -> JSONResponse:

@@ -43,6 +43,7 @@ class PageData:
     account: Mapping[str, Any] | None = None
     account_error: str | None = None
     query_token: str | None = None
+    debtors: list[stats.Debtor] | None = None
     errors: dict[str, str] = field(default_factory=dict)
     now: float = field(default_factory=time.time)
 
@@ -228,6 +229,31 @@ def _account(d: PageData) -> str:
     return f"<table>{''.join(rows)}</table>"
 
 
+def _money(d: PageData) -> str:
+    """Money over time: lots expiring soon, accounts in debt (and what each owes), pending payment events."""
+    g = d.state.gauges
+    rows = "".join(
+        (
+            _row("lots expiring within 7 days", _num("lots-expiring", g.expiring_lots if g else None)),
+            _row("credits expiring within 7 days", _num("credits-expiring", g.expiring_credits if g else None)),
+            _row("accounts in debt", _num("accounts-in-debt", g.in_debt if g else None)),
+            _row("credits owed (Σ)", _num("credits-owed", g.owed if g else None)),
+            _row("payment events pending", _num("money-events-pending", g.pending_events if g else None)),
+        )
+    )
+    if d.debtors is None:
+        table = f'<p class="muted">unknown: {_e(d.errors.get("debtors", "not read"))}</p>'
+    else:
+        lines = [
+            f'<tr class="debtor" data-account="{_e(x.account_id)}" data-value="{x.owed}">'
+            f"<td><code>{_e(x.account_id)}</code></td><td>{_e(x.external_id or '-')}</td><td>{_e(x.status)}</td>"
+            f'<td class="num">{x.owed:,}</td></tr>'
+            for x in d.debtors
+        ]
+        table = _table(("account", "external id", "status", "owes"), lines, "no account is in debt", "debtors-table")
+    return f"<table>{rows}</table>{table}"
+
+
 def render(d: PageData) -> str:
     """The page's HTML. Pure."""
     errors = {**d.state.errors, **d.errors}
@@ -249,4 +275,5 @@ def render(d: PageData) -> str:
         token_field=token_field,
         account_ref=_e(d.account_ref),
         account=_account(d),
+        money=_money(d),
     )

@@ -13,9 +13,22 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
-from api import accounts, admin, health, jobs, observability, openapi, ops, payments, transfers, webhooks
-from api.errors import HANDLERS, CatchAll
-from api.requests import EdgeChecks
+from api import (
+    accounts,
+    admin,
+    client_webhooks,
+    health,
+    jobs,
+    lots,
+    observability,
+    openapi,
+    ops,
+    payments,
+    transfers,
+    webhooks,
+)
+from api.errors import HANDLERS
+from api.middleware import Edge
 from api.services import Services
 from shared import pricing
 from shared.config import Settings
@@ -39,8 +52,10 @@ def create_app(settings: Settings) -> Starlette:
         *health.routes,
         *accounts.routes,
         *jobs.routes,
+        *client_webhooks.routes,
         *transfers.routes,
         *admin.routes,
+        *lots.routes,
         *webhooks.routes,
         *payments.routes,
         *observability.routes,
@@ -49,9 +64,8 @@ def create_app(settings: Settings) -> Starlette:
     ]
     app = Starlette(
         routes=routes,
-        # RequestContext outermost: the request id is bound for every line below it, the 500s of CatchAll too.
-        # EdgeChecks next: a path or query no route can use is refused before routing.
-        middleware=[Middleware(observability.RequestContext), Middleware(EdgeChecks), Middleware(CatchAll)],
+        # One middleware: request id and log context, edge checks, the catch-all 500, the counts (api/middleware.py).
+        middleware=[Middleware(Edge)],
         exception_handlers=HANDLERS,
         lifespan=lifespan,
     )

@@ -186,8 +186,24 @@ SCHEMAS: dict[str, Schema] = {
             "available": INT,
             "limits": ref("Limits"),
         },
-        {"createdAt": TIME},
-        description="`available = balance - held`.",
+        {
+            "createdAt": TIME,
+            "expiringNext": nullable(obj({"credits": INT, "expiresAt": TIME})),
+            "owed": {"type": "integer", "minimum": 0},
+        },
+        description="`available = balance - held`; below zero only when a refund or dispute took back spent "
+        "credits (`owed`), and then every job is 402.",
+    ),
+    "Lot": obj(
+        {
+            "lotId": STR,
+            "kind": {"enum": ["grant", "purchase", "subscription", "adjustment", "transfer_in", "dispute_reversal"]},
+            "granted": INT,
+            "remaining": INT,
+            "expiresAt": nullable(TIME),
+            "createdAt": TIME,
+        },
+        description="Credits that came in together; spent soonest expiry first, never-expiring last.",
     ),
     "NewAccount": {
         "allOf": [ref("Account"), obj({"apiKey": STR, "keyId": STR})],
@@ -204,7 +220,7 @@ SCHEMAS: dict[str, Schema] = {
             "heldAfter": INT,
             "createdAt": TIME,
         },
-        {"taskId": STR, "reason": STR, "transferId": STR},
+        {"taskId": STR, "reason": STR, "transferId": STR, "lotId": STR},
         description="A ledger entry. For every account: `balance = Σ amount`, `held = Σ heldDelta`.",
     ),
     "Transfer": obj(
@@ -318,7 +334,7 @@ SCHEMAS: dict[str, Schema] = {
             "receivedAt": TIME,
             "appliedAt": nullable(TIME),
         },
-        {"payload": {"type": "object"}},
+        {"payload": {"type": "object"}, "dismissedAt": TIME, "dismissedReason": STR},
     ),
     "Report": obj(
         {
@@ -430,6 +446,26 @@ OPERATIONS: dict[str, dict[str, Schema]] = {
             parameters=[TASK_ID],
         )
     },
+    "/v1/jobs/{taskId}/deliveries": {
+        "get": op(
+            "The job's webhook deliveries.",
+            {200: ok("The deliveries, oldest first.", ref("Deliveries"))},
+            (*READ, 404),
+            tag="webhooks",
+            security=CALLER,
+            parameters=[TASK_ID],
+        )
+    },
+    "/v1/jobs/{taskId}/deliveries/{webhookId}/retry": {
+        "post": op(
+            "Deliver this webhook again now.",
+            {202: ok("Pending and due now.", ref("Delivery"))},
+            (*READ, 404),
+            tag="webhooks",
+            security=CALLER,
+            parameters=[TASK_ID, path_param("webhookId", "The delivery's `webhook-id` (`msg_...`).")],
+        )
+    },
     "/v1/account": {
         "get": op(
             "The caller's account.", {200: ok("The account.", ref("Account"))}, READ, tag="account", security=CALLER
@@ -443,6 +479,34 @@ OPERATIONS: dict[str, dict[str, Schema]] = {
             tag="account",
             security=CALLER,
             parameters=[LIMIT, CURSOR],
+        )
+    },
+    "/v1/account/webhook-secret": {
+        "get": op(
+            "The account's webhook signing secret (made on first use).",
+            {200: ok("The secret.", ref("WebhookSecret"))},
+            READ,
+            tag="webhooks",
+            security=CALLER,
+        )
+    },
+    "/v1/account/webhook-secret/rotate": {
+        "post": op(
+            "A new signing secret; the old one keeps signing beside it for 24 h.",
+            {200: ok("The new secret.", ref("WebhookSecret"))},
+            READ,
+            tag="webhooks",
+            security=CALLER,
+        )
+    },
+    "/v1/account/lots": {
+        "get": op(
+            "The caller's lots, in the order they are spent.",
+            {200: ok("The lots.", obj({"items": {"type": "array", "items": ref("Lot")}}))},
+            (*READ, 422),
+            tag="account",
+            security=CALLER,
+            parameters=[query("all", {"enum": ["true", "false"]}, "Include lots with nothing left.")],
         )
     },
     "/v1/transfers": {
@@ -465,7 +529,7 @@ OPERATIONS: dict[str, dict[str, Schema]] = {
         "post": op(
             "The provider's callback: a hint that triggers a status check.",
             {200: ok("Noted.", obj({"ok": BOOL}))},
-            (404, 413, 503),
+            (404, 413, 422, 503),
             tag="webhooks",
             parameters=[query("task", STR, "The task's id."), query("token", STR, "The task's callback secret.")],
         )
@@ -530,10 +594,24 @@ OPERATIONS: dict[str, dict[str, Schema]] = {
             security=ADMIN,
             request=body(
                 obj(
-                    {"amount": {"type": "integer", "not": {"const": 0}}, "reason": {"type": "string", "maxLength": 500}}
+                    {
+                        "amount": {"type": "integer", "not": {"const": 0}},
+                        "reason": {"type": "string", "maxLength": 500},
+                    },
+                    {"expiresAt": {**TIME, "description": "A positive amount's lot expires then (future)."}},
                 )
             ),
             parameters=[ACCOUNT_REF, IDEMPOTENCY_KEY],
+        )
+    },
+    "/v1/admin/accounts/{ref}/lots": {
+        "get": op(
+            "An account's lots, in the order they are spent.",
+            {200: ok("The lots.", obj({"items": {"type": "array", "items": ref("Lot")}}))},
+            (*READ, 404, 422),
+            tag="admin",
+            security=ADMIN,
+            parameters=[ACCOUNT_REF, query("all", {"enum": ["true", "false"]}, "Include lots with nothing left.")],
         )
     },
     "/v1/admin/accounts/{ref}/keys": {
@@ -575,7 +653,8 @@ OPERATIONS: dict[str, dict[str, Schema]] = {
             tag="payments",
             security=ADMIN,
             parameters=[
-                query("status", {"enum": ["pending", "applied", "ignored"]}, "Only these."),
+                query("status", {"enum": ["pending", "applied", "ignored", "dismissed"]}, "Only these."),
+                query("type", STR, "Only this event type (e.g. `invoice.payment_failed`)."),
                 query("limit", {"type": "integer", "minimum": 1, "maximum": 200}, "Page size, 1..200 (default 50)."),
                 CURSOR,
             ],
@@ -598,6 +677,17 @@ OPERATIONS: dict[str, dict[str, Schema]] = {
             (*READ, 404, 422),
             tag="payments",
             security=ADMIN,
+            parameters=[path_param("eventId", "The sender's event id.")],
+        )
+    },
+    "/v1/admin/payments/events/{eventId}/dismiss": {
+        "post": op(
+            "Dismiss a pending event that can never apply, with a reason (recorded); the audit stops reporting it.",
+            {200: ok("The event, dismissed.", ref("PaymentEvent"))},
+            (*WRITE, 404, 409),
+            tag="payments",
+            security=ADMIN,
+            request=body(obj({"reason": {"type": "string", "minLength": 1, "maxLength": 500}})),
             parameters=[path_param("eventId", "The sender's event id.")],
         )
     },

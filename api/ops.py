@@ -140,14 +140,16 @@ async def admin(request: Request) -> HTMLResponse:
         data.errors.update(postgres="not connected", audit="Postgres is not connected")
     else:
         sweep, limit = svc.settings.sweep_seconds, PAGE_QUERY_TIMEOUT_SECONDS
-        by_status, stuck, failures, audited, account = await asyncio.gather(
+        by_status, stuck, failures, audited, account, debtors = await asyncio.gather(
             _part(data, "tasks", lambda: stats.tasks_by_status(pool), limit),
             _part(data, "stuck", lambda: stats.stuck_tasks(pool, sweep), limit),
             _part(data, "failures", lambda: stats.recent_failures(pool, FAILURE_WINDOW_SECONDS), limit),
             _part(data, "audit", lambda: _page_audit(svc, pool), AUDIT_TIMEOUT_SECONDS),
             _lookup(data, svc, pool, ref),
+            _part(data, "debtors", lambda: stats.debtors(pool), limit),
         )
         data.by_status, data.stuck, data.failures, data.account = by_status, stuck, failures, account
+        data.debtors = debtors
         if audited is not None:
             data.audit, data.audit_at = audited
     return HTMLResponse(admin_page.render(data), headers=PAGE_HEADERS)

@@ -15,8 +15,12 @@ turns into ``{"error": {"code", "message", ...}}``.
 - Admin routes (``api.auth.require_admin``: 403 while CREDITQ_ADMIN_TOKEN is unset, 401 without the token):
   ``POST /v1/admin/payments/events/{eventId}/apply``: re-apply a stored event through the same path →
   200 outcome, 422 ``event_not_applied`` while still not applicable, 404 for an unknown id.
-  ``GET /v1/admin/payments/events?status=&limit=&cursor=`` and ``GET /v1/admin/payments/events/{eventId}``:
-  the stored events, newest first; one event with its payload.
+  ``POST /v1/admin/payments/events/{eventId}/dismiss`` ``{"reason"}``: dismiss a pending event that can never
+  apply (recorded with the reason; the audit stops reporting it) → 200 event, 409 ``conflict`` when it is not
+  pending, 404 for an unknown id.
+  ``GET /v1/admin/payments/events?status=&type=&limit=&cursor=`` and ``GET /v1/admin/payments/events/{eventId}``:
+  the stored events, newest first (``type=invoice.payment_failed`` lists failed payments); one event with its
+  payload.
 """
 
 from __future__ import annotations
@@ -27,14 +31,14 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from api.auth import require_admin
-from api.requests import parse_object, query_limit, read_body
+from api.requests import Fields, json_object, parse_object, query_limit, read_body
 from api.services import services
-from shared import db, metrics
+from shared import db, metrics, payment_events
 from shared.errors import CreditqError, NotFound, UnappliedEvent
 from shared.ledger import payments
 from shared.signature import HEADER, parse_secrets, verify
 
-log = structlog.get_logger()
+log = structlog.get_logger("creditq.api")
 
 EVENTS = metrics.PAYMENT_EVENTS  # defined with every other metric, in shared.metrics
 
@@ -62,10 +66,10 @@ async def payments_webhook(request: Request) -> JSONResponse:
         verify(body, request.headers.get(HEADER), secrets)
     except CreditqError as e:
         EVENTS.labels("rejected").inc()
-        log.warning("payment event rejected", reason=e.message)
+        log.warning("payment_event.rejected", reason=e.message)
         raise
     event = parse_object(body)
-    event_id, event_type = payments.event_identity(event)
+    event_id, event_type = payment_events.event_identity(event)
     async with db.connection(await svc.db()) as conn:
         stored = await payments.store_event(conn, event_id, event_type, event)
         outcome = await payments.apply_event(conn, svc.pricing, event_id, stored)
@@ -97,8 +101,11 @@ async def admin_list(request: Request) -> JSONResponse:
     svc = services(request)
     limit = query_limit(request, default=50, maximum=200)
     status = request.query_params.get("status") or None
+    event_type = request.query_params.get("type") or None
     async with db.connection(await svc.db()) as conn:
-        events, cursor = await payments.list_events(conn, status, limit, request.query_params.get("cursor"))
+        events, cursor = await payments.list_events(
+            conn, status, limit, request.query_params.get("cursor"), event_type=event_type
+        )
     return JSONResponse({"items": [e.view() for e in events], "nextCursor": cursor})
 
 
@@ -112,9 +119,24 @@ async def admin_get(request: Request) -> JSONResponse:
     return JSONResponse({**event.view(), "payload": event.payload})
 
 
+async def admin_dismiss(request: Request) -> JSONResponse:
+    """``POST /v1/admin/payments/events/{eventId}/dismiss`` ``{"reason"}`` → 200 the event, now ``dismissed``.
+    Idempotent (a dismissed event answers as it is). Errors: InvalidJson, InvalidInput (reason missing, empty or
+    over 500 characters), NotFound, Conflict (applied or ignored), Forbidden (admin disabled), Unauthenticated,
+    Unavailable."""
+    require_admin(request)
+    fields = Fields(await json_object(request))
+    reason = fields.text("reason", required=True, max_length=payments.MAX_DISMISS_REASON_LENGTH)
+    fields.check()
+    async with db.connection(await services(request).db()) as conn:
+        event = await payments.dismiss_event(conn, request.path_params["eventId"], reason or "")
+    return JSONResponse(event.view())
+
+
 routes: list[BaseRoute] = [
     Route("/v1/webhooks/payments", payments_webhook, methods=["POST"]),
     Route("/v1/admin/payments/events", admin_list, methods=["GET"]),
     Route("/v1/admin/payments/events/{eventId}", admin_get, methods=["GET"]),
     Route("/v1/admin/payments/events/{eventId}/apply", admin_apply, methods=["POST"]),
+    Route("/v1/admin/payments/events/{eventId}/dismiss", admin_dismiss, methods=["POST"]),
 ]

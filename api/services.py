@@ -28,7 +28,7 @@ from shared.ledger.audit import Report
 from shared.pricing import Pricing
 
 T = TypeVar("T")
-log = structlog.get_logger()
+log = structlog.get_logger("creditq.api")
 
 # After a failed connect, requests within this many seconds fail at once with the same error.
 FAIL_FAST_SECONDS = 1.0
@@ -71,12 +71,12 @@ class Lazy(Generic[T]):
             # Wrong passwords and missing databases count too: the service is not usable, and /readyz says so.
             self._error = e.message if isinstance(e, Unavailable) else f"{self.name}: {type(e).__name__}: {e}"
             self._failed_at = time.monotonic()
-            log.warning("connect failed", service=self.name, error=self._error)
+            log.warning("service.connect_failed", service=self.name, error=self._error)
             raise Unavailable(self._error) from e
         finally:
             self._attempt = None
         if self._error is not None:
-            log.info("connected", service=self.name)
+            log.info("service.connected", service=self.name)
         self._value, self._error = value, None
         return value
 

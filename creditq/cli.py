@@ -41,11 +41,23 @@ def _parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("sim", help="serve the KIE.ai simulator")
     sim.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     sim.add_argument("--port", type=int, default=8100, help="port (default 8100)")
-    sim.add_argument("--api-key", default=None, help="accept only this bearer key (default: any non-empty key)")
+    sim.add_argument(
+        "--api-key", default=None, help="accept only this bearer key, or these (comma-separated); default any key"
+    )
     sim.add_argument("--credits", type=float, default=1_000_000, help="the simulated provider balance")
     sim.add_argument("--time-scale", type=float, default=1.0, help="multiply every duration by F")
     sim.add_argument("--create-limit", type=int, default=20, help="creates per 10 s per key (default 20)")
     sim.add_argument("--query-limit", type=int, default=10, help="status queries per second per key (default 10)")
+    sim.add_argument(
+        "--strict", action="store_true", help="refuse (code 422) unknown models and fields, as the provider does"
+    )
+    sim.add_argument(
+        "--rate-limit-style",
+        choices=("http", "body"),
+        default="http",
+        help="over a limit: HTTP 429 with Retry-After (http), or HTTP 200 with body code 429 (body)",
+    )
+    sim.add_argument("--callback-key", default=None, help="sign callbacks with this HMAC key, as the provider does")
 
     dev = sub.add_parser("dev", help="migrate, then run sim + api + worker in this terminal, for trying it out")
     dev.add_argument("--port", type=int, default=8000, help="API port (default 8000)")
@@ -65,6 +77,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="settle what should be settled and re-apply stored events, then check again",
     )
+    audit.add_argument(
+        "--dismiss",
+        metavar="EVENT_ID",
+        default=None,
+        help="dismiss a pending payment event that can never apply (needs --reason), then check",
+    )
+    audit.add_argument("--reason", default=None, help="why the event is dismissed (recorded with it)")
 
     submit = sub.add_parser("submit", help="submit a job with your API key and follow it")
     submit.add_argument("--model", required=True, help="a model from GET /v1/models")
@@ -113,8 +132,17 @@ async def _audit(settings: Settings, args: argparse.Namespace) -> int:
     from shared import db
     from shared.ledger.audit import audit
 
+    if args.dismiss is not None and not (args.reason or "").strip():
+        print("creditq: error: --dismiss needs --reason", file=sys.stderr)
+        return 2
     pool = await db.create_pool(settings, max_size=4)
     try:
+        if args.dismiss is not None:
+            dismissed = await _dismiss(pool, args.dismiss, args.reason)
+            if dismissed is not None:
+                print(dismissed, file=sys.stderr)
+                return 2
+            print(f"dismissed: payment event {args.dismiss}")
         if args.fix:
             # The same repairs as GET /v1/admin/reconcile?fix=true, ending stuck tasks as the worker does.
             from shared.repairs import repairing
@@ -140,6 +168,18 @@ async def _audit(settings: Settings, args: argparse.Namespace) -> int:
             print(f"{p.kind}: {where}: {p.detail}")
         print("audit: clean" if report.ok else f"audit: {len(report.problems)} problem(s)")
     return 0 if report.ok else 1
+
+
+async def _dismiss(pool: Any, event_id: str, reason: str) -> str | None:
+    """Dismiss one payment event; None when done, else the one-line error to print."""
+    from shared.errors import CreditqError
+    from shared.ledger import payments
+
+    try:
+        await payments.dismiss_event(pool, event_id, reason)
+    except CreditqError as e:
+        return f"creditq: error: {e.message}"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,6 +231,9 @@ def _sim(args: argparse.Namespace) -> int:
         time_scale=args.time_scale,
         create_limit=args.create_limit,
         query_limit=args.query_limit,
+        strict=args.strict,
+        rate_limit_style=args.rate_limit_style,
+        callback_key=args.callback_key,
     )
     print(f"creditq sim: KIE.ai simulator on http://{args.host}:{args.port}", file=sys.stderr)
     uvicorn.run(create_app(options), host=args.host, port=args.port, log_level="warning")

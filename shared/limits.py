@@ -2,7 +2,7 @@
 
 Enforced in Redis, one Lua script per operation, so every check-and-count is atomic and exact however many
 API processes race. Redis's own clock (``TIME``) is the only clock, so API hosts with skewed clocks agree on
-the day and on the cooldown. Keys, all under ``{queue_name}:limits:`` and all expiring by themselves:
+the day and on the cooldown. Keys (named in shared/redis_keys.py), all expiring by themselves:
 
 - ``live:<account>``: ZSET task id → deadline (ms), the account's live jobs. A member past its deadline is
   pruned, so a release that never came (a crashed worker) frees the slot at the deadline anyway.
@@ -34,6 +34,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from shared import redis_keys
 from shared.config import Settings
 from shared.errors import RateLimited, Unavailable
 from shared.pricing import Tier
@@ -171,17 +172,13 @@ _release = _Script(_RELEASE)
 _usage = _Script(_USAGE)
 
 
-def _prefix(settings: Settings) -> str:
-    return f"{settings.queue_name}:limits:"
-
-
 def _keys(settings: Settings, account_id: str, kind: str) -> list[str]:
-    p = _prefix(settings)
+    q = settings.queue_name
     return [
-        f"{p}live:{account_id}",
-        f"{p}pending:{account_id}",
-        f"{p}daily:{account_id}",
-        f"{p}cooldown:{account_id}:{kind}",
+        redis_keys.limits_live(q, account_id),
+        redis_keys.limits_pending(q, account_id),
+        redis_keys.limits_daily(q, account_id),
+        redis_keys.limits_cooldown(q, account_id, kind),
     ]
 
 

@@ -40,9 +40,10 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 
+from shared import redis_keys
 from shared.config import Settings
-from shared.ledger import stats
-from shared.ratelimit import Circuit, ProviderBudget
+from shared.ledger import audit, stats
+from shared.ratelimit import ProviderBudget, open_circuit_info
 
 # --- What the API and the workers count -----------------------------------------------------------------------
 
@@ -121,6 +122,9 @@ PAYMENT_EVENTS = Counter(
     "Payment webhook deliveries by outcome (applied, repeat, ignored, pending, rejected).",
     ["outcome"],
 )
+LOTS_EXPIRED = Counter(
+    "creditq_lots_expired_total", "Expiration entries written by the sweep (one per lot and expiry run)."
+)
 SWEEPER_RECOVERIES = Counter(
     "creditq_sweeper_recoveries_total",
     "Tasks the sweeper recovered: re-enqueued after their queue entry was lost (requeued) or ended past "
@@ -138,12 +142,12 @@ WORKER_LABEL = "worker"
 
 def workers_key(settings: Settings) -> str:
     """The sorted set of worker ids, scored by the time of their last snapshot."""
-    return f"{settings.queue_name}:metrics:workers"
+    return redis_keys.metrics_workers(settings.queue_name)
 
 
 def snapshot_key(settings: Settings, worker_id: str) -> str:
     """Where worker ``worker_id`` keeps its snapshot."""
-    return f"{settings.queue_name}:metrics:worker:{worker_id}"
+    return redis_keys.metrics_snapshot(settings.queue_name, worker_id)
 
 
 def worker_id() -> str:
@@ -310,7 +314,7 @@ async def ops_state(settings: Settings, pool: asyncpg.Pool | None, redis: Redis 
         try:
             async with asyncio.timeout(STATE_TIMEOUT_SECONDS):
                 state.queue_depth = int(await redis.zcard(settings.queue_name))
-                state.circuit = await Circuit(redis, settings).info()
+                state.circuit = await open_circuit_info(redis, settings)
                 state.circuit_known = True
                 state.provider_credits = await last_provider_credits(redis, settings)
                 state.audit = await last_audit(redis, settings)
@@ -325,6 +329,20 @@ async def ops_state(settings: Settings, pool: asyncpg.Pool | None, redis: Redis 
 
 def _gauge(name: str, documentation: str) -> Metric:
     return Metric(name, documentation, "gauge")
+
+
+def _money_gauges(g: stats.Gauges) -> list[tuple[str, str, int]]:
+    """Money over time: lots expiring soon, accounts in debt and what they owe."""
+    return [
+        (
+            "creditq_lots_expiring_soon",
+            "Lots with credits left that expire within 7 days (or are past expiry, awaiting the sweep).",
+            g.expiring_lots,
+        ),
+        ("creditq_credits_expiring_soon", "Credits left in those lots.", g.expiring_credits),
+        ("creditq_accounts_in_debt", "Accounts whose available is below zero (a refund or dispute).", g.in_debt),
+        ("creditq_credits_owed", "Credits those accounts owe (Σ held - balance where negative).", g.owed),
+    ]
 
 
 def state_families(state: OpsState) -> list[Metric]:
@@ -358,6 +376,7 @@ def state_families(state: OpsState) -> list[Metric]:
             ),
             ("creditq_ledger_accounts", "Accounts.", g.accounts),
             ("creditq_payment_events_pending", "Payment events stored but not applied.", g.pending_events),
+            *_money_gauges(g),
         ):
             m = _gauge(name, doc)
             m.add_sample(name, {}, float(value))
@@ -387,7 +406,7 @@ def state_families(state: OpsState) -> list[Metric]:
         out.extend((used, limit))
     if state.audit is not None:
         problems = _gauge("creditq_audit_problems", "Problems found by the last audit, by kind (0 when clean).")
-        for kind in sorted(set(AUDIT_KINDS) | set(state.audit.counts)):
+        for kind in sorted(set(audit.KINDS) | set(state.audit.counts)):
             problems.add_sample("creditq_audit_problems", {"kind": kind}, float(state.audit.counts.get(kind, 0)))
         out.append(problems)
         m = _gauge("creditq_audit_timestamp_seconds", "Unix time of the last audit.")
@@ -412,7 +431,7 @@ PROVIDER_CREDITS_TTL_SECONDS = 86_400  # a day-old balance is still worth showin
 
 def provider_credits_key(settings: Settings) -> str:
     """The Redis key of the provider's last polled credit balance."""
-    return f"{settings.queue_name}:provider:credits"
+    return redis_keys.provider_credits(settings.queue_name)
 
 
 async def record_provider_credits(redis: Redis, settings: Settings, credits: float) -> None:
@@ -437,23 +456,11 @@ async def last_provider_credits(redis: Redis, settings: Settings) -> tuple[float
 # --- The last audit, as a worker (or the API) last ran it ----------------------------------------------------------
 
 AUDIT_TTL_SECONDS = 86_400
-# Every kind the audit reports (shared/ledger/audit.py), so that each has a series, 0 while clean.
-AUDIT_KINDS = (
-    "balance_mismatch",
-    "held_mismatch",
-    "negative_available",
-    "entry_arithmetic",
-    "open_hold_on_terminal_task",
-    "open_hold_without_task",
-    "stuck_task",
-    "capture_mismatch",
-    "unapplied_event",
-)
 
 
 def audit_key(settings: Settings) -> str:
     """The Redis key of the last audit's summary."""
-    return f"{settings.queue_name}:audit:last"
+    return redis_keys.audit_last(settings.queue_name)
 
 
 @dataclass(frozen=True, slots=True)

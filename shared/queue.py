@@ -14,20 +14,13 @@ from typing import cast
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from redis.exceptions import RedisError
 
+from shared import redis_keys
 from shared.config import Settings
 from shared.errors import Unavailable
 
 STEP_FUNCTION = "step"
 # How far in the past a poke is scored (arq keeps a job's key for 1 day past its score, so well under that).
 POKE_HEAD_START = timedelta(minutes=10)
-
-
-def job_id(task_id: str) -> str:
-    return f"task:{task_id}"
-
-
-def poke_id(task_id: str) -> str:
-    return f"poke:{task_id}"
 
 
 def redis_settings(settings: Settings) -> RedisSettings:
@@ -52,7 +45,11 @@ async def enqueue(arq: ArqRedis, settings: Settings, task_id: str, defer_by: flo
     Idempotent. Raises redis errors to the caller, who decides whether a lost hint matters (it never loses money:
     the sweeper re-enqueues from Postgres)."""
     job = await arq.enqueue_job(
-        STEP_FUNCTION, task_id, _job_id=job_id(task_id), _queue_name=settings.queue_name, _defer_by=defer_by
+        STEP_FUNCTION,
+        task_id,
+        _job_id=redis_keys.step_job_id(task_id),
+        _queue_name=settings.queue_name,
+        _defer_by=defer_by,
     )
     return job is not None
 
@@ -82,10 +79,6 @@ return {last + window, now}
 POKE_RECHECKS = 3
 
 
-def poke_gate_key(settings: Settings, task_id: str) -> str:
-    return f"{settings.queue_name}:poke-gate:{task_id}"
-
-
 async def poke(arq: ArqRedis, settings: Settings, task_id: str) -> bool:
     """Ask a worker to check the task soon (a provider callback arrived). Returns True when a poke was queued,
     False when this one coalesced into a poke already queued or scheduled.
@@ -97,7 +90,7 @@ async def poke(arq: ArqRedis, settings: Settings, task_id: str) -> bool:
     before every job that became due after it: workers take due jobs oldest score first, and a callback should
     not wait behind a burst of creates (BENCHMARKS.md). Raises redis errors (the caller answers 503)."""
     window_ms = max(1, round(settings.poke_seconds * 1000))
-    gate = arq.eval(_POKE_GATE, 1, poke_gate_key(settings, task_id), str(window_ms))
+    gate = arq.eval(_POKE_GATE, 1, redis_keys.poke_gate(settings.queue_name, task_id), str(window_ms))
     at_ms, _ = await cast(Awaitable[list[int]], gate)
     at_ms = int(at_ms)
     if at_ms < 0:
@@ -107,7 +100,7 @@ async def poke(arq: ArqRedis, settings: Settings, task_id: str) -> bool:
             STEP_FUNCTION,
             task_id,
             True,
-            _job_id=poke_id(task_id),
+            _job_id=redis_keys.poke_job_id(task_id),
             _queue_name=settings.queue_name,
             _defer_until=datetime.now(UTC) - POKE_HEAD_START,
         )
@@ -116,9 +109,23 @@ async def poke(arq: ArqRedis, settings: Settings, task_id: str) -> bool:
             STEP_FUNCTION,
             task_id,
             True,
-            _job_id=f"{poke_id(task_id)}:{at_ms}",
+            _job_id=redis_keys.scheduled_poke_job_id(task_id, at_ms),
             _queue_name=settings.queue_name,
             _defer_until=datetime.fromtimestamp(at_ms / 1000, UTC),
             _job_try=POKE_RECHECKS + 1,
         )
+    return job is not None
+
+
+DELIVER_FUNCTION = "deliver"
+
+
+async def enqueue_delivery(arq: ArqRedis, settings: Settings, webhook_id: str, now: bool = False) -> bool:
+    """Ask a worker to attempt a client webhook delivery. Returns False if its job is already queued (a no-op).
+    ``now``: a client's retry, under a job id of its own so that it is not swallowed by a job deferred for hours
+    (the deferred one then finds nothing due and ends). Raises redis errors; a lost hint is found again by the
+    delivery sweep in Postgres."""
+    at = datetime.now(UTC).timestamp()
+    job_id = redis_keys.delivery_now_job_id(webhook_id, at) if now else redis_keys.delivery_job_id(webhook_id)
+    job = await arq.enqueue_job(DELIVER_FUNCTION, webhook_id, _job_id=job_id, _queue_name=settings.queue_name)
     return job is not None

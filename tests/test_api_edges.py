@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.routing import Route
 
-from shared.ledger import accounts
+from shared.ledger import accounts, cursors
 from shared.ledger.audit import audit
 from shared.signature import sign
 from tests.apiserver import ADMIN, Api, balance, bearer, error_of, job
@@ -135,6 +135,32 @@ class TestUnstorableStrings:
         assert error["details"][0]["field"] in ("task", "token", "status", "cursor", "limit", "account")
 
 
+async def test_provider_callback_bodies_are_hints_never_500s(
+    api: Api, pool: asyncpg.Pool, make_account: MakeAccount
+) -> None:
+    """A callback with the right token whose body is nested too deep, or names a provider id with a NUL, is
+    answered 200 (the body is a hint) and notes nothing; a sane one is noted."""
+    from arq.connections import ArqRedis
+
+    from shared.ledger import tasks
+    from shared.provider import noted_provider_task
+
+    _, key = await make_account(credits=100)
+    task_id = (await api.client.post("/v1/jobs", json=job(), headers=bearer(key))).json()["taskId"]
+    params = {"task": task_id, "token": (await tasks.get(pool, task_id))["callback_token"]}
+    arq = ArqRedis.from_url(api.settings.redis_url)
+    try:
+        for body in [b"[" * 30_000 + b"]" * 30_000, raw_json({"data": {"taskId": "kie\x00x"}}), b"\xff"]:
+            r = await api.client.post("/v1/webhooks/kie", params=params, content=body)
+            assert (r.status_code, r.json()) == (200, {"ok": True})
+            assert await noted_provider_task(arq, api.settings, task_id) is None
+        r = await api.client.post("/v1/webhooks/kie", params=params, json={"data": {"taskId": "kie_123"}})
+        assert r.status_code == 200
+        assert await noted_provider_task(arq, api.settings, task_id) == "kie_123"
+    finally:
+        await arq.aclose()
+
+
 # --- numbers, cursors, dates ------------------------------------------------------------------------------------
 
 
@@ -169,7 +195,7 @@ class TestNumbersCursorsDates:
     )
     async def test_cursors(self, client: httpx.AsyncClient, make_account: MakeAccount, inner: str) -> None:
         _, key = await make_account()
-        cursor = accounts.encode_cursor(inner)
+        cursor = cursors.encode(inner)
         for path, headers in [
             ("/v1/jobs", bearer(key)),
             ("/v1/account/transactions", bearer(key)),

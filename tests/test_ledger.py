@@ -157,8 +157,10 @@ class TestAudit:
         await pool.execute("UPDATE accounts SET balance = balance + 5 WHERE id = $1", account.id)
         try:
             found = await problems_for(pool, account.id)
-            assert [p.kind for p in found] == ["balance_mismatch"]
+            # The entries and the lots both disagree with the balance edited by hand.
+            assert [p.kind for p in found] == ["balance_mismatch", "lots_mismatch"]
             assert "15" in found[0].detail and "10" in found[0].detail
+            assert "15" in found[1].detail and "10" in found[1].detail
         finally:
             await pool.execute("UPDATE accounts SET balance = balance - 5 WHERE id = $1", account.id)
         assert await problems_for(pool, account.id) == []

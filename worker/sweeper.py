@@ -19,27 +19,25 @@ import random
 import structlog
 from arq import Retry
 
-from shared import metrics, queue
-from shared.ledger import tasks
+from shared import metrics, queue, redis_keys
+from shared.ledger import money, tasks
 from worker import fleet, jobs, observe
 from worker.runtime import Runtime
 
 log = structlog.get_logger("creditq.worker")
 
 CREDIT_POLL_SECONDS = 3.0
-
-
-def sweeper_key(queue_name: str) -> str:
-    """The Redis lock that lets one worker sweep per interval."""
-    return f"{queue_name}:sweeper"
+EXPIRY_BATCH = 500  # accounts per expiry transaction
 
 
 async def sweep(rt: Runtime) -> tuple[int, int]:
-    """One sweep: re-enqueue overdue live tasks and settle expired ones. Returns (requeued, expired).
+    """One sweep: expire lots past their expiry, re-enqueue overdue live tasks and settle expired ones. Returns
+    (requeued, expired) tasks.
 
-    Idempotent (enqueue is a no-op for an existing job; settlement is exactly once). Raises Unavailable or
-    redis errors; the loop logs them and tries again next interval.
+    Idempotent (an expired lot is expired once; enqueue is a no-op for an existing job; settlement is exactly
+    once). Raises Unavailable or redis errors; the loop logs them and tries again next interval.
     """
+    await expire_lots(rt)
     requeued = expired = 0
     for row in await tasks.overdue(rt.pool, rt.settings.sweep_seconds):
         if row["expired"]:
@@ -58,14 +56,29 @@ async def sweep(rt: Runtime) -> tuple[int, int]:
     if requeued or expired:
         metrics.SWEEPER_RECOVERIES.labels("requeued").inc(requeued)
         metrics.SWEEPER_RECOVERIES.labels("expired").inc(expired)
-        log.info("sweep", requeued=requeued, expired=expired)
+        log.info("sweep.done", requeued=requeued, expired=expired)
     return requeued, expired
+
+
+async def expire_lots(rt: Runtime) -> int:
+    """Credits whose lot has expired leave the balance (``expiration`` entries), in batches of accounts until
+    none is left, so that every lot is expired within a sweep interval of its expiry. Returns the entries
+    written. Raises what the pool raises."""
+    total = 0
+    while True:
+        n = await money.expire_lots(rt.pool, EXPIRY_BATCH)
+        total += n
+        if n == 0:  # every due account writes at least one entry, so each call until then makes progress
+            break
+    if total:
+        metrics.LOTS_EXPIRED.inc(total)
+    return total
 
 
 async def sweeper_loop(rt: Runtime) -> None:
     """Run :func:`sweep` about every ``CREDITQ_SWEEP_SECONDS`` across all workers, until cancelled."""
     interval = rt.settings.sweep_seconds
-    key = sweeper_key(rt.settings.queue_name)
+    key = redis_keys.sweeper_lock(rt.settings.queue_name)
     await fleet.once_per_interval(rt, key, interval, min(1.0, interval / 4), sweep, "sweep.failed")
 
 
@@ -83,25 +96,39 @@ async def running_count_loop(rt: Runtime) -> None:
 
 
 async def credit_poll_loop(rt: Runtime) -> None:
-    """While the out-of-credits circuit is open, one worker at a time polls the provider's balance every few
-    seconds and closes the circuit once there are credits. Runs until cancelled. (The balance shown on
-    /metrics is polled, circuit or not, by :func:`worker.observe.provider_credit_loop`.)"""
-    key = f"{rt.settings.queue_name}:creditpoll"
+    """While a provider key's circuit is open for lack of credits, one worker at a time polls that key's
+    balance every few seconds and closes its circuit once there are credits. Circuits opened for a bad key
+    (401) or a usage cap (433) are left to their cool-down: the next create probes them. Runs until cancelled.
+    (The balance shown on /metrics is polled, circuit or not, by :func:`worker.observe.provider_credit_loop`.)"""
+    lock = redis_keys.credit_poll_lock(rt.settings.queue_name)
     while True:
         await asyncio.sleep(CREDIT_POLL_SECONDS * random.uniform(0.8, 1.2))
         try:
-            if not await rt.circuit.is_open():
+            open_keys = []
+            for key in rt.keys.keys:
+                info = await key.circuit.info()
+                if info is not None and info.get("reason") == "provider_out_of_credits":
+                    open_keys.append(key)
+            if not open_keys:
                 continue
-            if not await rt.redis.set(key, "1", nx=True, px=int(CREDIT_POLL_SECONDS * 900)):
+            if not await rt.redis.set(lock, "1", nx=True, px=int(CREDIT_POLL_SECONDS * 900)):
                 continue
-            credits = await observe.poll_credit_balance(rt)
-            if credits is None:
-                continue
-            if credits > 0:
-                if await rt.circuit.close():
-                    log.info("circuit.closed", provider_credits=credits)
-            else:
-                await rt.circuit.open("provider_out_of_credits", jobs.CIRCUIT_COOLDOWN)
+            for key in open_keys:
+                if key is rt.keys.first:
+                    credits = await observe.poll_credit_balance(rt)  # also recorded for /metrics
+                else:
+                    try:
+                        credits = await rt.provider.credits(key.secret)
+                    except Exception as e:
+                        log.warning("provider.credits_failed", provider_key=key.id, error=f"{type(e).__name__}: {e}")
+                        credits = None
+                if credits is None:
+                    continue
+                if credits > 0:
+                    if await key.circuit.close():
+                        log.info("circuit.closed", provider_key=key.id, provider_credits=credits)
+                else:
+                    await key.circuit.open("provider_out_of_credits", jobs.CIRCUIT_COOLDOWN)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # Redis down: the next tick tries again

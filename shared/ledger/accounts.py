@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import re
 import secrets
 import unicodedata
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeAlias
 
 import asyncpg
 
 from shared.errors import Conflict, InvalidInput, NotFound
+from shared.ledger import cursors
 from shared.ledger.sqlerrors import mapped
 
 # An asyncpg Connection or Pool: both have fetch/fetchrow/fetchval/execute. asyncpg ships no types, so Any.
@@ -197,63 +195,16 @@ def entry_view(r: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
         view["reason"] = r["reason"]
     if r["transfer_id"] is not None:
         view["transferId"] = r["transfer_id"]
+    if r.get("lot_id") is not None:
+        view["lotId"] = r["lot_id"]
     return view
-
-
-def encode_cursor(value: str) -> str:
-    return base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
-
-
-_CURSOR_CHARS = re.compile(r"[A-Za-z0-9_\-]{1,600}")
-_CURSOR_ID = re.compile(r"[\x21-\x7e]{1,255}")  # creditq's ids and payment event ids: visible ASCII
-
-
-def _bad_cursor() -> InvalidInput:
-    return InvalidInput("cursor is not valid", details=[{"field": "cursor", "message": "is not a cursor of this list"}])
-
-
-def decode_cursor(cursor: str) -> str:
-    """The text inside a cursor (URL-safe base64 of ASCII). Raises InvalidInput for a cursor this service did
-    not make."""
-    if not _CURSOR_CHARS.fullmatch(cursor):
-        raise _bad_cursor()
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise _bad_cursor() from None
-    if not text.isprintable():
-        raise _bad_cursor()
-    return text
-
-
-def decode_id_cursor(cursor: str) -> int:
-    """A cursor of an entry id: ASCII digits of a positive bigint. Raises InvalidInput otherwise."""
-    raw = decode_cursor(cursor)
-    if not (0 < len(raw) <= 19 and raw.isascii() and raw.isdigit()) or int(raw) > 2**63 - 1:
-        raise _bad_cursor()
-    return int(raw)
-
-
-def decode_keyset_cursor(cursor: str) -> tuple[datetime, str]:
-    """A cursor of ``<ISO timestamp>|<id>`` (a keyset on created_at, id): the timestamp in UTC and the id.
-    Raises InvalidInput for anything else (not ASCII, a date Python or Postgres cannot hold, an id of other
-    characters than creditq's ids use)."""
-    ts, sep, after_id = decode_cursor(cursor).partition("|")
-    if not sep or not _CURSOR_ID.fullmatch(after_id) or len(ts) > 40:
-        raise _bad_cursor()
-    try:
-        when = datetime.fromisoformat(ts)
-        when = when.astimezone(UTC) if when.tzinfo is not None else when.replace(tzinfo=UTC)
-    except (ValueError, OverflowError):
-        raise _bad_cursor() from None
-    return when, after_id
 
 
 async def list_entries(
     conn: Conn, account_id: str, limit: int, cursor: str | None
 ) -> tuple[list[dict[str, Any]], str | None]:
     """One page of the account's entries, newest first, and the cursor of the next page (None at the end)."""
-    before = decode_id_cursor(cursor) if cursor else 2**63 - 1
+    before = cursors.decode_id(cursor) if cursor else cursors.MAX_ID
     rows = await conn.fetch(
         "SELECT * FROM ledger_entries WHERE account_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
         account_id,
@@ -261,5 +212,5 @@ async def list_entries(
         limit + 1,
     )
     items = [entry_view(r) for r in rows[:limit]]
-    next_cursor = encode_cursor(str(rows[limit - 1]["id"])) if len(rows) > limit else None
+    next_cursor = cursors.encode_id(rows[limit - 1]["id"]) if len(rows) > limit else None
     return items, next_cursor

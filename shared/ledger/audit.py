@@ -4,7 +4,10 @@ code paths would have done anyway. ``creditq audit`` and ``GET /v1/admin/reconci
 Checks (each problem names its ``kind``):
 - ``balance_mismatch``: an account's balance ≠ Σ of its entries' amounts;
 - ``held_mismatch``: held ≠ Σ heldDelta, or held ≠ Σ of its open holds;
-- ``negative_available``: held > balance (the schema forbids it; checked in case a constraint was dropped);
+- ``negative_available``: held > balance with no take-back to explain it (the schema forbids it; checked in case
+  a constraint was dropped). An account that a refund or dispute left owing is in debt, not in error;
+- ``lots_mismatch``: Σ remaining of an account's lots ≠ its balance (≠ 0 while the balance is below zero, in
+  debt), or a lot with remaining outside 0..granted;
 - ``entry_arithmetic``: an entry with balanceAfter - balanceBefore ≠ amount, or a break in an account's chain
   (an entry's balanceBefore ≠ the previous entry's balanceAfter);
 - ``open_hold_on_terminal_task`` / ``open_hold_without_task``: a hold still open whose task has ended or is gone;
@@ -15,6 +18,7 @@ Checks (each problem names its ``kind``):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -37,7 +41,16 @@ SELECT 'held_mismatch', a.id, NULL, NULL,
  WHERE a.held <> coalesce(s.held, 0) OR a.held <> coalesce(h.amount, 0)
 UNION ALL
 SELECT 'negative_available', id, NULL, NULL, format('held %s exceeds balance %s', held, balance)
-  FROM accounts WHERE held > balance OR held < 0
+  FROM accounts WHERE (held > balance AND NOT owing) OR held < 0
+UNION ALL
+SELECT 'lots_mismatch', a.id, NULL, NULL,
+       format('balance is %s but its lots hold %s', a.balance, coalesce(l.remaining, 0))
+  FROM accounts a LEFT JOIN (SELECT account_id, sum(remaining) AS remaining FROM lots GROUP BY account_id) l
+         ON l.account_id = a.id
+ WHERE greatest(a.balance, 0) <> coalesce(l.remaining, 0)
+UNION ALL
+SELECT 'lots_mismatch', account_id, NULL, NULL, format('lot %s has %s of %s left', id, remaining, granted)
+  FROM lots WHERE remaining < 0 OR remaining > granted
 UNION ALL
 SELECT 'entry_arithmetic', account_id, task_id, NULL,
        format('entry %s: %s %s → %s', id, kind, balance_before, balance_after)
@@ -70,6 +83,10 @@ UNION ALL
 SELECT 'unapplied_event', account_id, NULL, id, format('%s event not applied: %s', type, coalesce(detail, '?'))
   FROM payment_events WHERE status = 'pending'
 """
+
+# Every kind the checks above can report, read from them (a kind's literal opens its branch of the UNION, or is
+# a branch of its CASE), so that a check added is a kind listed: /metrics shows each, 0 while clean.
+KINDS: tuple[str, ...] = tuple(dict.fromkeys(re.findall(r"(?:^SELECT|THEN|ELSE) '([a-z_]+)'", _CHECKS, re.M)))
 
 
 @dataclass(slots=True)

@@ -10,6 +10,8 @@ an idempotent request logs the first entry's id again. Task holds are reported b
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -18,7 +20,7 @@ import structlog
 from shared.ledger.accounts import Conn
 from shared.ledger.sqlerrors import mapped
 
-log = structlog.get_logger("creditq.ledger")
+log = structlog.get_logger("creditq.shared.ledger")
 
 CREDIT_KINDS = ("grant", "purchase", "subscription", "adjustment")
 
@@ -31,18 +33,28 @@ async def credit(
     key: str | None,
     kind: str | None = None,
     event_id: str | None = None,
+    expires_at: datetime | None = None,
 ) -> asyncpg.Record:
     """Add (amount > 0, kind ``grant`` by default) or remove (amount < 0, kind ``adjustment``) credits.
 
+    A positive amount is a new lot that expires at ``expires_at`` (None: never); a negative one spends the
+    account's lots after its held part, soonest expiry first. One SQL call (``cq_credit``), one transaction.
     Idempotent by ``key``: a repeat returns the first entry. Raises InsufficientCredits if a negative amount would
     take available below 0, IdempotencyConflict if the key was used with another amount, NotFound, InvalidInput
-    (amount 0).
+    (amount 0, or an expiry on a negative amount).
     """
     kind = kind or ("grant" if amount > 0 else "adjustment")
     assert kind in CREDIT_KINDS
     async with mapped():
         r = await conn.fetchrow(
-            "SELECT * FROM cq_credit($1, $2, $3, $4, $5, $6)", account_id, kind, amount, reason, key, event_id
+            "SELECT * FROM cq_credit($1, $2, $3, $4, $5, $6, $7)",
+            account_id,
+            kind,
+            amount,
+            reason,
+            key,
+            event_id,
+            expires_at,
         )
     assert r is not None
     log.info(
@@ -104,12 +116,15 @@ async def transfer(
     key: str | None,
     request_hash: str | None = None,
 ) -> asyncpg.Record:
-    """Move ``amount`` credits from one account to another; returns the transfer row.
+    """Move ``amount`` credits from one account to another (``to_id``: its accountId or externalId); returns the
+    transfer row. One SQL call (``cq_transfer``), one transaction.
 
-    Both rows are locked in id order inside the function, so opposite transfers cannot deadlock. Idempotent by
-    (from, key); the same key with another ``request_hash`` raises IdempotencyConflict. Raises
-    InsufficientCredits, Forbidden (sender suspended), NotFound (either account), InvalidInput (amount ≤ 0, to
-    oneself).
+    The sender's own checks come first (Forbidden: suspended; InsufficientCredits: amount > available), and only
+    then NotFound for an unknown recipient, whatever the amount: a sender who cannot pay learns nothing about
+    the recipient. The sender's lots are spent after its held part, soonest expiry first; the recipient gets
+    ``transfer_in`` lots with the same expiries. Both rows are locked in id order, so opposite transfers cannot
+    deadlock. Idempotent by (from, key); the same key with another ``request_hash`` raises IdempotencyConflict.
+    Raises InvalidInput (amount ≤ 0, to oneself).
     """
     async with mapped():
         r = await conn.fetchrow(
@@ -138,3 +153,67 @@ def transfer_view(r: asyncpg.Record) -> dict[str, Any]:
         "memo": r["memo"],
         "createdAt": r["created_at"].isoformat(),
     }
+
+
+# --- Lots -------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Lot:
+    """Credits that came in together: ``granted`` at first, ``remaining`` now, spent soonest-expiry first."""
+
+    id: str
+    kind: str
+    granted: int
+    remaining: int
+    expires_at: datetime | None
+    created_at: datetime
+
+    def view(self) -> dict[str, Any]:
+        """The lot as ``GET /v1/account/lots`` shows it."""
+        return {
+            "lotId": self.id,
+            "kind": self.kind,
+            "granted": self.granted,
+            "remaining": self.remaining,
+            "expiresAt": self.expires_at.isoformat() if self.expires_at else None,
+            "createdAt": self.created_at.isoformat(),
+        }
+
+
+async def lots(conn: Conn, account_id: str, include_spent: bool = False) -> list[Lot]:
+    """The account's lots in the order they are spent (soonest expiry first, never-expiring last, then oldest);
+    those with nothing left only with ``include_spent``. Read-only."""
+    rows = await conn.fetch(
+        "SELECT id, kind, granted, remaining, expires_at, created_at FROM lots "
+        "WHERE account_id = $1 AND ($2 OR remaining > 0) ORDER BY expires_at NULLS LAST, created_at, id",
+        account_id,
+        include_spent,
+    )
+    return [Lot(r["id"], r["kind"], r["granted"], r["remaining"], r["expires_at"], r["created_at"]) for r in rows]
+
+
+async def expiring_next(conn: Conn, account_id: str) -> dict[str, Any] | None:
+    """``{"credits", "expiresAt"}``: the unspent credits of the account's lots that expire soonest (all lots
+    with that expiry), or None when nothing is set to expire. Read-only; one indexed query."""
+    r = await conn.fetchrow(
+        "SELECT expires_at, sum(remaining)::bigint AS credits FROM lots "
+        "WHERE account_id = $1 AND remaining > 0 AND expires_at IS NOT NULL "
+        "GROUP BY expires_at ORDER BY expires_at LIMIT 1",
+        account_id,
+    )
+    if r is None:
+        return None
+    return {"credits": r["credits"], "expiresAt": r["expires_at"].isoformat()}
+
+
+async def expire_lots(conn: Conn, limit: int = 500) -> int:
+    """Expire what is due: for up to ``limit`` accounts with a lot past its expiry, the part of those lots
+    beyond the account's held credits leaves the balance, one ``expiration`` entry (``lotId`` set) per lot.
+    Credits held for a live task are never taken: they expire at the first call after their hold is released
+    (or are spent by its capture). One SQL call (``cq_expire_lots``), one transaction; idempotent (a second
+    call finds nothing more). Returns the number of entries written. Raises what the connection raises."""
+    n = int(await conn.fetchval("SELECT cq_expire_lots($1)", limit))
+    if n:
+        log.info("money.expire", money="expire", entries=n)
+    return n

@@ -23,10 +23,20 @@ SELECT
     (SELECT count(*) FROM holds WHERE status = 'held') AS open_holds,
     (SELECT coalesce(sum(amount), 0) FROM holds WHERE status = 'held') AS open_hold_credits,
     (SELECT count(*) FROM payment_events WHERE status = 'pending') AS pending_events,
-    a.accounts, a.balance, a.held
-FROM (SELECT count(*) AS accounts, coalesce(sum(balance), 0) AS balance, coalesce(sum(held), 0) AS held
+    (SELECT count(*) FROM lots WHERE remaining > 0 AND expires_at IS NOT NULL
+                               AND expires_at < now() + make_interval(secs => $2)) AS expiring_lots,
+    (SELECT coalesce(sum(remaining), 0) FROM lots WHERE remaining > 0 AND expires_at IS NOT NULL
+                                                    AND expires_at < now() + make_interval(secs => $2))
+        AS expiring_credits,
+    a.accounts, a.balance, a.held, a.in_debt, a.owed
+FROM (SELECT count(*) AS accounts, coalesce(sum(balance), 0) AS balance, coalesce(sum(held), 0) AS held,
+             count(*) FILTER (WHERE balance < held) AS in_debt,
+             coalesce(sum(held - balance) FILTER (WHERE balance < held), 0) AS owed
         FROM accounts) a
 """
+
+# "Expiring soon" on /metrics and the operator's page: within a week.
+EXPIRING_SOON_SECONDS = 7 * 86_400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +46,9 @@ class Gauges:
     ``balance``/``held``: totals over all accounts (``available = balance - held``); ``open_hold_credits``:
     the sum of open holds, equal to ``held`` while the books balance (the audit checks it per account).
     ``stuck``: live tasks past their deadline plus the sweep interval, which the sweeper should have ended.
+    ``expiring_lots``/``expiring_credits``: lots with credits left that expire within EXPIRING_SOON_SECONDS (or
+    are past their expiry, waiting for the sweep or for a hold on them to end). ``in_debt``/``owed``: accounts
+    whose available is below zero (a refund or dispute took back spent credits) and the credits they owe.
     """
 
     queued: int
@@ -47,6 +60,10 @@ class Gauges:
     accounts: int
     balance: int
     held: int
+    expiring_lots: int = 0
+    expiring_credits: int = 0
+    in_debt: int = 0
+    owed: int = 0
 
     @property
     def available(self) -> int:
@@ -56,7 +73,7 @@ class Gauges:
 
 async def gauges(conn: Conn, sweep_seconds: float) -> Gauges:
     """The scrape-time gauges, in one read-only statement. Raises what the connection raises."""
-    r = await conn.fetchrow(_GAUGES, sweep_seconds)
+    r = await conn.fetchrow(_GAUGES, sweep_seconds, EXPIRING_SOON_SECONDS)
     assert r is not None
     return Gauges(**{k: int(r[k]) for k in Gauges.__slots__})
 
@@ -126,3 +143,24 @@ async def recent_failures(conn: Conn, window_seconds: float, limit: int = 20) ->
         limit,
     )
     return [FailureReason(r["reason"], int(r["n"]), r["last_at"]) for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class Debtor:
+    """An account whose available is below zero: a refund or dispute took back credits it had spent."""
+
+    account_id: str
+    external_id: str | None
+    status: str
+    owed: int
+
+
+async def debtors(conn: Conn, limit: int = 20) -> list[Debtor]:
+    """Up to ``limit`` accounts in debt, the largest debt first. Reads the accounts table: for the operator's
+    page, not for a scrape."""
+    rows = await conn.fetch(
+        "SELECT id, external_id, status, held - balance AS owed FROM accounts WHERE balance < held "
+        "ORDER BY held - balance DESC, id LIMIT $1",
+        limit,
+    )
+    return [Debtor(r["id"], r["external_id"], r["status"], int(r["owed"])) for r in rows]
