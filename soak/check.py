@@ -176,11 +176,11 @@ def _check_submits(v: Verdict, history: History, tasks_by_tag: dict[int, list[Ta
             for a in out.answers:
                 if a["code"] == 201 and a["id"] != first_id:
                     v.add("doubled", f"transfer repeat {oid} answered transfer {a['id']}, not {first_id}")
-        elif kind == "purchase_duplicate":
+        elif kind in ("purchase_duplicate", "refund", "refund_duplicate"):
             for a in out.answers:
                 if a["code"] != 200:
-                    v.add("wrong", f"duplicate payment event {oid} answered {a['code']}")
-        elif kind in ("transfer", "grant", "purchase") and out.status == "info":
+                    v.add("wrong", f"{kind.replace('_', ' ')} {oid} answered {a['code']}")
+        if kind in ("transfer", "grant", "purchase", "refund") and out.status == "info":
             v.add("lost", f"{kind} {oid} never got a definite answer")
 
 
@@ -283,6 +283,29 @@ def _check_money(v: Verdict, history: History, final: Final, account_ids: dict[i
             acc = account_ids[int(op["account"])]
             expected[acc] += int(op["credits"])
             count[(acc, "purchase")] += 1
+    # Refunds take back the refunded share of their purchase's credits, once, whatever the order and the
+    # repeats: of the largest cumulative amount_refunded accepted for it (rounded down, as creditq does).
+    refunded: dict[int, int] = defaultdict(int)
+    for out in history.outcomes.values():
+        if out.op.get("op") in ("refund", "refund_duplicate") and out.status == "ok":
+            refund = out.op if out.op["op"] == "refund" else history.outcomes[int(out.op["of"])].op
+            purchase = history.outcomes[int(refund["of"])].op
+            money = int(purchase["credits"]) * 10
+            amount = money if refund["share"] == "full" else money // 2
+            refunded[int(purchase["id"])] = max(refunded[int(purchase["id"])], amount)
+    taken: dict[str, int] = defaultdict(int)
+    for pid, amount in refunded.items():
+        purchase = history.outcomes[pid].op
+        money = int(purchase["credits"]) * 10
+        share = int(purchase["credits"]) * min(amount, money) // money
+        acc = account_ids[int(purchase["account"])]
+        expected[acc] -= share
+        taken[acc] += share
+    for acc, want in taken.items():
+        got = -sum(int(e["amount"]) for e in final.entries.get(acc, []) if e["kind"] == "refund")
+        if got != want:
+            cls = "doubled" if got > want else "wrong"
+            v.add(cls, f"account {acc}: refund entries take back {got}, the accepted refunds {want}")
     for t in final.tasks:
         if t.account_id in expected:
             expected[t.account_id] -= t.charged

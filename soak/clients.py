@@ -74,6 +74,38 @@ def purchase_event(op: dict[str, Any], account_id: str) -> bytes:
     return json.dumps(event, separators=(",", ":")).encode()
 
 
+def refunded_money(purchase: dict[str, Any], share: str) -> int:
+    """The ``amount_refunded`` (cumulative, smallest currency unit) of a refund of ``share`` of a purchase."""
+    total = int(purchase["credits"]) * 10
+    return total if share == "full" else total // 2
+
+
+def refund_event(op: dict[str, Any], purchase: dict[str, Any], account_id: str) -> bytes:
+    """The body of a ``charge.refunded`` of ``purchase`` (its ``payment_intent``), as Stripe shapes it."""
+    total = int(purchase["credits"]) * 10
+    refunded = refunded_money(purchase, str(op["share"]))
+    event = {
+        "id": op["event"],
+        "object": "event",
+        "type": "charge.refunded",
+        "created": 1_700_000_000 + int(op["id"]),
+        "data": {
+            "object": {
+                "id": f"ch_{purchase['event']}",
+                "object": "charge",
+                "payment_intent": purchase["payment_intent"],
+                "amount": total,
+                "amount_captured": total,
+                "amount_refunded": refunded,
+                "refunded": refunded == total,
+                "currency": "usd",
+                "metadata": {"accountId": account_id},
+            }
+        },
+    }
+    return json.dumps(event, separators=(",", ":")).encode()
+
+
 class Clients:
     """Runs planned operations against the world's API processes."""
 
@@ -290,12 +322,7 @@ class Clients:
 
     async def _purchase(self, out: Outcome, op: dict[str, Any]) -> None:
         account_id = self.history.accounts[int(op["account"])][0]
-        payload = purchase_event(op, account_id)
-
-        def signed() -> tuple[bytes, dict[str, str]]:
-            return payload, {"Stripe-Signature": sign(payload, PAYMENTS_SECRET), "Content-Type": "application/json"}
-
-        self.decide(out, await self.keyed(out, "POST", "/v1/webhooks/payments", {}, content=signed))
+        await self._signed(out, purchase_event(op, account_id))
 
     async def op_purchase(self, out: Outcome) -> None:
         await self._purchase(out, out.op)
@@ -306,6 +333,30 @@ class Clients:
             out.status = "skipped"
             return
         await self._purchase(out, first.op)
+
+    async def _signed(self, out: Outcome, payload: bytes) -> None:
+        def signed() -> tuple[bytes, dict[str, str]]:
+            return payload, {"Stripe-Signature": sign(payload, PAYMENTS_SECRET), "Content-Type": "application/json"}
+
+        self.decide(out, await self.keyed(out, "POST", "/v1/webhooks/payments", {}, content=signed))
+
+    async def op_refund(self, out: Outcome) -> None:
+        # Only a purchase that certainly applied is refunded: an earlier refund would wait, pending, for it.
+        first = await self._earlier(int(out.op["of"]))
+        if first is None or first.status != "ok":
+            out.status = "skipped"
+            return
+        account_id = self.history.accounts[int(first.op["account"])][0]
+        await self._signed(out, refund_event(out.op, first.op, account_id))
+
+    async def op_refund_duplicate(self, out: Outcome) -> None:
+        first = await self._earlier(int(out.op["of"]))
+        if first is None or first.status != "ok":
+            out.status = "skipped"
+            return
+        purchase = self.history.outcomes[int(first.op["of"])].op
+        account_id = self.history.accounts[int(purchase["account"])][0]
+        await self._signed(out, refund_event(first.op, purchase, account_id))
 
     async def op_read(self, out: Outcome) -> None:
         op = out.op

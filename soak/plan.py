@@ -43,6 +43,8 @@ OP_WEIGHTS = (
     ("grant", 5),
     ("purchase", 4),
     ("purchase_duplicate", 3),
+    ("refund", 3),  # charge.refunded of an earlier purchase: half or all of it (cumulative amount_refunded)
+    ("refund_duplicate", 1),
     ("read", 8),
 )
 
@@ -123,6 +125,7 @@ def make_plan(seed: int, duration: float, shape: Shape) -> list[dict[str, Any]]:
     keyed: list[int] = []
     transfers: list[int] = []
     purchases: list[int] = []
+    refunds: list[int] = []
     t = WARMUP / 2
     while True:
         t += rnd.expovariate(OPS_PER_SECOND)
@@ -138,8 +141,10 @@ def make_plan(seed: int, duration: float, shape: Shape) -> list[dict[str, Any]]:
             op = "submit"
         if op == "transfer_repeat" and not transfers:
             op = "transfer"
-        if op == "purchase_duplicate" and not purchases:
+        if op in ("purchase_duplicate", "refund") and not purchases:
             op = "purchase"
+        if op == "refund_duplicate" and not refunds:
+            op = "refund" if purchases else "purchase"
         if op in ("submit", "submit_nokey"):
             model = _weighted(rnd, MODELS)
             kind = KIND_OF[model]
@@ -175,6 +180,12 @@ def make_plan(seed: int, duration: float, shape: Shape) -> list[dict[str, Any]]:
             purchases.append(oid)
         elif op == "purchase_duplicate":
             ev.update(op="purchase_duplicate", of=rnd.choice(purchases[-20:]))
+        elif op == "refund":
+            ev.update(op="refund", of=rnd.choice(purchases[-20:]), share=rnd.choice(["half", "full"]))
+            ev["event"] = f"evt_soak_{seed}_{oid}"
+            refunds.append(oid)
+        elif op == "refund_duplicate":
+            ev.update(op="refund_duplicate", of=rnd.choice(refunds[-20:]))
         else:
             ev.update(op="read", account=account, of=rnd.choice(submits) if submits else None)
         events.append(ev)

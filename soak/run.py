@@ -216,7 +216,9 @@ async def _resolve(clients: Clients, history: History) -> None:
     pending = [
         o
         for o in history.outcomes.values()
-        if o.status == "info" and o.op.get("op") in ("submit", "transfer", "grant", "purchase") and _keyed(o.op)
+        if o.status == "info"
+        and o.op.get("op") in ("submit", "transfer", "grant", "purchase", "refund")
+        and _keyed(o.op)
     ]
     for out in pending:
         clients.log.write("resolve", op=out.id)

@@ -234,6 +234,43 @@ def test_an_unclean_audit_is_wrong() -> None:
     assert _classes(h, f)["wrong"] == 1
 
 
+def _with_refunds() -> tuple[History, Final]:
+    """The world above, plus a purchase of 100 credits by B (paid 1000 cents) refunded in half, then in full,
+    and the half refund delivered again: 100 taken back in all, in two entries."""
+    h, f = _world()
+    purchase: dict[str, Any] = {
+        "id": 4,
+        "op": "purchase",
+        "account": 1,
+        "credits": 100,
+        "event": "evt_4",
+        "payment_intent": "pi_4",
+    }
+    half: dict[str, Any] = {"id": 5, "op": "refund", "of": 4, "share": "half", "event": "evt_5"}
+    full: dict[str, Any] = {"id": 6, "op": "refund", "of": 4, "share": "full", "event": "evt_6"}
+    again: dict[str, Any] = {"id": 7, "op": "refund_duplicate", "of": 5}
+    for op in (purchase, half, full, again):
+        out = Outcome(op, status="ok", code=200, body={"eventId": op.get("event")})
+        out.answers.append({"code": 200, "id": op.get("event")})
+        h.outcomes[int(op["id"])] = out
+    f.entries[B] += [
+        {"kind": "purchase", "amount": 100},
+        {"kind": "refund", "amount": -50},
+        {"kind": "refund", "amount": -50},
+    ]
+    return h, f
+
+
+def test_refunds_take_back_their_share_once() -> None:
+    h, f = _with_refunds()
+    assert check(h, f).problems == []  # B: 55 + 100 - 100
+    f.entries[B].append({"kind": "refund", "amount": -50})  # the duplicate taken back again
+    f.accounts[B] = (5, 0)
+    c = _classes(h, f)
+    assert c["doubled"] == 1
+    assert c["wrong"] == 1  # and the balance is 50 too low
+
+
 # --- a real run ---------------------------------------------------------------------------------------------------
 
 
