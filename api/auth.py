@@ -8,10 +8,14 @@
 
 from __future__ import annotations
 
+import functools
 import hmac
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount, Route
 
 from api.services import services
 from shared.errors import Forbidden, Unauthenticated
@@ -38,8 +42,13 @@ def bearer(request: Request) -> str | None:
     return credential.strip()
 
 
-async def caller(request: Request, *, write: bool = False) -> Caller:
+async def caller(request: Request, *, write: bool = False, fresh: bool = False) -> Caller:
     """Authenticate the API key. With ``write``, also require an active (not suspended) account.
+
+    Through the process's key cache (:mod:`api.authcache`: a revoked key, a suspended account, a tier change
+    are seen within its documented bound), so ``Caller.account``'s tier and status are current but its
+    balance and held credits may be old: with ``fresh`` the key is read from Postgres (for the account view,
+    which shows the balance).
 
     Raises Unauthenticated (no key, unknown key), Forbidden (revoked/expired key; suspended on a write),
     Unavailable (Postgres down).
@@ -49,7 +58,11 @@ async def caller(request: Request, *, write: bool = False) -> Caller:
         raise Unauthenticated("an API key is required: send Authorization: Bearer <apiKey>")
     if len(key) > _MAX_KEY_LENGTH:
         raise Unauthenticated("unknown API key")
-    check = await accounts.authenticate(await services(request).db(), key)
+    svc = services(request)
+    if fresh:
+        check = await accounts.authenticate(await svc.db(), key)
+    else:
+        check = await svc.auth_cache.authenticate(await svc.db(), key)
     if check is None:
         raise Unauthenticated("unknown API key")
     if not check.usable:
@@ -76,4 +89,27 @@ def require_admin(request: Request, *, query: bool = False) -> str | None:
         return in_query
     raise Unauthenticated(
         "the admin token is required: send Authorization: Bearer <token> or open /admin?token=<token>"
+    )
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+ADMIN_PREFIX = "/v1/admin"
+
+
+def _admin_only(endpoint: Endpoint) -> Endpoint:
+    @functools.wraps(endpoint)
+    async def checked(request: Request) -> Response:
+        require_admin(request)
+        return await endpoint(request)
+
+    return checked
+
+
+def admin_mount(routes: Sequence[Route]) -> Mount:
+    """Every ``/v1/admin`` route under one Mount, each behind the one admin-token check (:func:`require_admin`,
+    run once per request before its handler). ``routes`` have paths relative to ``/v1/admin``. The check runs
+    after routing, as a handler's first line would: an unknown path is still 404 and a wrong method 405."""
+    return Mount(
+        ADMIN_PREFIX,
+        routes=[Route(r.path, _admin_only(r.endpoint), methods=r.methods, name=r.name) for r in routes],
     )

@@ -29,7 +29,8 @@ from starlette.routing import Route
 from api import admin_page
 from api.accounts import account_view
 from api.auth import require_admin
-from api.observability import connected_or_none
+from api.parsing import query_value
+from api.scrape import connected_or_none
 from api.services import Services, services
 from shared import metrics, repairs
 from shared.errors import InvalidInput, NotFound
@@ -57,7 +58,7 @@ PAGE_HEADERS = {
 
 
 def _flag(request: Request, name: str) -> bool:
-    raw = request.query_params.get(name, "").strip().lower()
+    raw = (query_value(request, name) or "").strip().lower()
     if raw in ("", "0", "false", "no"):
         return False
     if raw in ("1", "true", "yes"):
@@ -87,8 +88,7 @@ async def run_audit(svc: Services, pool: asyncpg.Pool, fix: bool) -> Report:
 
 async def reconcile(request: Request) -> JSONResponse:
     """``GET /v1/admin/reconcile[?fix=true]`` → 200 ``{"ok", "problems"}`` (plus ``"fixed"`` with ``fix``).
-    Raises Forbidden/Unauthenticated (admin token), InvalidInput (bad ``fix``), Unavailable."""
-    require_admin(request)
+    Raises Forbidden/Unauthenticated (admin token, api.auth.admin_mount), InvalidInput (bad ``fix``), Unavailable."""
     fix = _flag(request, "fix")
     svc = services(request)
     pool = await svc.db()
@@ -170,6 +170,7 @@ async def _lookup(data: admin_page.PageData, svc: Services, pool: asyncpg.Pool, 
 
 
 routes = [
-    Route("/v1/admin/reconcile", reconcile, methods=["GET"]),
     Route("/admin", admin, methods=["GET"]),
 ]
+# Under /v1/admin, behind the admin token (api.auth.admin_mount).
+admin_routes = [Route("/reconcile", reconcile, methods=["GET"])]

@@ -33,7 +33,7 @@ from shared import callback_urls, db, queue, redis_keys, webhooks
 from shared.errors import NotFound, Unavailable
 from shared.ledger import tasks
 from shared.ledger import webhooks as outbox
-from worker import fleet
+from worker import interval_lock
 from worker.runtime import Runtime
 
 log = structlog.get_logger("creditq.worker")
@@ -143,4 +143,4 @@ async def sweep_loop(rt: Runtime) -> None:
     """Run :func:`sweep` about every ``CREDITQ_SWEEP_SECONDS`` across all workers, until cancelled."""
     interval = rt.settings.sweep_seconds
     key = redis_keys.delivery_sweep_lock(rt.settings.queue_name)
-    await fleet.once_per_interval(rt, key, interval, min(1.0, interval / 4), sweep, "delivery.sweep_failed")
+    await interval_lock.once_per_interval(rt, key, interval, min(1.0, interval / 4), sweep, "delivery.sweep_failed")

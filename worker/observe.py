@@ -24,7 +24,7 @@ import structlog
 
 from shared import metrics, redis_keys
 from shared.ledger.audit import audit
-from worker import fleet
+from worker import interval_lock
 from worker.runtime import Runtime
 
 log = structlog.get_logger("creditq.worker")
@@ -77,7 +77,7 @@ async def poll_credit_balance(rt: Runtime) -> float | None:
 async def provider_credit_loop(rt: Runtime, interval: float = CREDIT_BALANCE_SECONDS) -> None:
     """Poll the provider's balance about every ``interval`` seconds across the fleet, until cancelled."""
     key = redis_keys.credit_balance_lock(rt.settings.queue_name)
-    await fleet.once_per_interval(
+    await interval_lock.once_per_interval(
         rt, key, interval, min(5.0, interval / 4), poll_credit_balance, "provider.credits_failed"
     )
 
@@ -98,4 +98,4 @@ async def run_audit(rt: Runtime) -> int:
 async def audit_loop(rt: Runtime, interval: float = AUDIT_SECONDS) -> None:
     """Run :func:`run_audit` about every ``interval`` seconds across the fleet, until cancelled."""
     key = redis_keys.audit_lock(rt.settings.queue_name)
-    await fleet.once_per_interval(rt, key, interval, min(10.0, interval / 4), run_audit, "audit.failed")
+    await interval_lock.once_per_interval(rt, key, interval, min(10.0, interval / 4), run_audit, "audit.failed")

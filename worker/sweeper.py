@@ -21,7 +21,7 @@ from arq import Retry
 
 from shared import metrics, queue, redis_keys
 from shared.ledger import money, tasks
-from worker import fleet, jobs, observe
+from worker import interval_lock, jobs, observe
 from worker.runtime import Runtime
 
 log = structlog.get_logger("creditq.worker")
@@ -79,7 +79,7 @@ async def sweeper_loop(rt: Runtime) -> None:
     """Run :func:`sweep` about every ``CREDITQ_SWEEP_SECONDS`` across all workers, until cancelled."""
     interval = rt.settings.sweep_seconds
     key = redis_keys.sweeper_lock(rt.settings.queue_name)
-    await fleet.once_per_interval(rt, key, interval, min(1.0, interval / 4), sweep, "sweep.failed")
+    await interval_lock.once_per_interval(rt, key, interval, min(1.0, interval / 4), sweep, "sweep.failed")
 
 
 async def running_count_loop(rt: Runtime) -> None:

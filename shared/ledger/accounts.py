@@ -146,13 +146,15 @@ async def create_key(conn: Conn, ref: str, expires_at: datetime | None = None) -
     return str(key_id), key
 
 
-async def revoke_key(conn: Conn, key_id: str) -> None:
-    """Revoke a key (idempotent: a revoked key stays revoked at its first time). Raises NotFound."""
-    done = await conn.fetchval(
-        "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1 RETURNING id", key_id
+async def revoke_key(conn: Conn, key_id: str) -> str:
+    """Revoke a key (idempotent: a revoked key stays revoked at its first time); returns its account id. Raises
+    NotFound."""
+    account_id = await conn.fetchval(
+        "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1 RETURNING account_id", key_id
     )
-    if done is None:
+    if account_id is None:
         raise NotFound(f"no key {key_id!r}")
+    return str(account_id)
 
 
 async def ping(conn: Conn) -> None:
@@ -160,21 +162,32 @@ async def ping(conn: Conn) -> None:
     await conn.fetchval("SELECT 1")
 
 
+REVOKED = "this API key was revoked"
+EXPIRED = "this API key has expired"
+
+
 async def authenticate(conn: Conn, key: str) -> KeyCheck | None:
     """Resolve an API key; None when unknown. One indexed lookup on the key's hash."""
+    found = await authenticate_hashed(conn, hash_key(key))
+    return None if found is None else found[0]
+
+
+async def authenticate_hashed(conn: Conn, key_hash: bytes) -> tuple[KeyCheck, datetime | None] | None:
+    """Resolve an API key by its hash (:func:`hash_key`): what it resolves to now and the key's expiry (None:
+    never), or None when unknown. One indexed lookup; reads only."""
     r = await conn.fetchrow(
         "SELECT a.*, k.id AS key_id, k.revoked_at, k.expires_at, now() AS now "
         "FROM api_keys k JOIN accounts a ON a.id = k.account_id WHERE k.key_hash = $1",
-        hash_key(key),
+        key_hash,
     )
     if r is None:
         return None
     why = ""
     if r["revoked_at"] is not None:
-        why = "this API key was revoked"
+        why = REVOKED
     elif r["expires_at"] is not None and r["expires_at"] <= r["now"]:
-        why = "this API key has expired"
-    return KeyCheck(Account.from_record(r), r["key_id"], usable=not why, why=why)
+        why = EXPIRED
+    return KeyCheck(Account.from_record(r), r["key_id"], usable=not why, why=why), r["expires_at"]
 
 
 def entry_view(r: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The task store and the task transactions.
 
 Money moves only in :func:`submit` (task + hold) and :func:`finish` (terminal state + capture or release); each is
-one SQL function call, reported once it committed by :mod:`shared.ledger.observe` (log lines, metrics). Everything
+one SQL function call, reported once it committed by :mod:`shared.ledger.reports` (log lines, metrics). Everything
 else here moves a task's bookkeeping (provider id, next check) and no money.
 """
 
@@ -26,7 +26,7 @@ from shared.errors import (
     NotCancelable,
     NotFound,
 )
-from shared.ledger import cursors, observe
+from shared.ledger import cursors, reports
 from shared.ledger.accounts import Conn
 from shared.ledger.sqlerrors import mapped
 from shared.pricing import Model
@@ -112,9 +112,9 @@ async def submit_batch(
         else:
             if r["outcome"] == "inserted":
                 if contexts is None:
-                    observe.submitted(r)
+                    reports.submitted(r)
                 else:
-                    contexts[i].run(observe.submitted, r)
+                    contexts[i].run(reports.submitted, r)
             out.append(Submitted(r, r["outcome"] == "inserted"))
     return out
 
@@ -299,7 +299,7 @@ async def finish(
         )
     assert r is not None
     if r["changed"]:
-        observe.finished(r)
+        reports.finished(r)
     return r, r["changed"]
 
 
@@ -310,7 +310,7 @@ async def cancel(conn: Conn, task_id: str, account_id: str) -> asyncpg.Record:
         r = await conn.fetchrow("SELECT (c.task).*, c.changed FROM cq_cancel_task($1, $2) c", task_id, account_id)
     assert r is not None
     if r["changed"]:
-        observe.finished(r)
+        reports.finished(r)
     if r["changed"] or r["status"] == "canceled":
         return r
     state = "being submitted" if r["status"] == "queued" else r["status"]

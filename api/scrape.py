@@ -1,6 +1,4 @@
-"""``GET /metrics``.
-
-``GET /metrics`` (no auth, as Prometheus expects: keep it on the internal network) renders the API's own
+"""The scrape: ``GET /metrics`` (no auth, as Prometheus expects: keep it on the internal network) renders the API's own
 registry, the workers' snapshots from Redis and the scrape-time gauges (see :mod:`shared.metrics`). With
 Postgres or Redis down it still answers 200, without the gauges of that source and with
 ``creditq_state_source_up{source=...} 0``.

@@ -233,9 +233,20 @@ def idempotency_key(request: Request) -> str | None:
     return key
 
 
+def query_value(request: Request, name: str) -> str | None:
+    """The query parameter ``name``, or None. Given more than once it is refused (422), as a second
+    ``Idempotency-Key`` is: which one was meant cannot be known. Raises InvalidInput."""
+    values = request.query_params.getlist(name)
+    if len(values) > 1:
+        raise InvalidInput(
+            f"{name} is given {len(values)} times", details=[{"field": name, "message": "must be given at most once"}]
+        )
+    return values[0] if values else None
+
+
 def query_limit(request: Request, default: int = 20, maximum: int = 100) -> int:
-    """The ``limit`` query parameter: a whole number in 1..maximum. Raises InvalidInput."""
-    raw = request.query_params.get("limit")
+    """The ``limit`` query parameter: a whole number in 1..maximum, at most once. Raises InvalidInput."""
+    raw = query_value(request, "limit")
     if raw is None or raw == "":
         return default
     if not _ascii_digits(raw, 6) or not 1 <= int(raw) <= maximum:
@@ -247,8 +258,8 @@ def query_limit(request: Request, default: int = 20, maximum: int = 100) -> int:
 
 
 def query_choice(request: Request, name: str, choices: Collection[str]) -> str | None:
-    """An optional query parameter that must be one of ``choices``. Raises InvalidInput."""
-    raw = request.query_params.get(name)
+    """An optional query parameter (at most once) that must be one of ``choices``. Raises InvalidInput."""
+    raw = query_value(request, name)
     if raw is None or raw == "":
         return None
     if raw not in choices:
