@@ -21,7 +21,7 @@ from arq import Retry
 
 from shared import metrics, queue, redis_keys
 from shared.ledger import money, tasks
-from worker import interval_lock, jobs, observe
+from worker import interval_lock, observe, step
 from worker.runtime import Runtime
 
 log = structlog.get_logger("creditq.worker")
@@ -47,7 +47,7 @@ async def sweep(rt: Runtime) -> tuple[int, int]:
             try:
                 # The same ending as the task's own step, last look included: the sweep may reach a task whose
                 # callback was lost before its step does, and must not refund a generation that succeeded.
-                if await jobs.end_overdue(rt, task, may_wait=True) == "failed":
+                if await step.end_overdue(rt, task, may_wait=True) == "failed":
                     expired += 1
             except Retry:
                 pass  # the provider could not say yet: the task's step (or the next sweep) ends it
@@ -128,7 +128,7 @@ async def credit_poll_loop(rt: Runtime) -> None:
                     if await key.circuit.close():
                         log.info("circuit.closed", provider_key=key.id, provider_credits=credits)
                 else:
-                    await key.circuit.open("provider_out_of_credits", jobs.CIRCUIT_COOLDOWN)
+                    await key.circuit.open("provider_out_of_credits", step.CIRCUIT_COOLDOWN)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # Redis down: the next tick tries again
