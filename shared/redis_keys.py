@@ -76,7 +76,7 @@ def limits_cooldown(queue_name: str, account_id: str, kind: str) -> str:
     return f"{queue_name}:limits:cooldown:{account_id}:{kind}"
 
 
-# --- the provider's budget and circuits (shared/ratelimit.py); ``key_id``: a provider key's public name ------
+# --- the provider's budget and circuits (shared/provider_budget.py); ``key_id``: a provider key's public name
 
 
 def budget(queue_name: str, key_id: str, kind: str) -> str:

@@ -23,7 +23,7 @@ from shared.config import Settings
 from shared.ledger import tasks
 from shared.pricing import Model, load
 from shared.provider import ProviderClient, note_provider_task
-from shared.ratelimit import key_id
+from shared.provider_budget import key_id
 from tests.apiserver import free_port
 from tests.conftest import MakeAccount, Processes
 from tests.test_worker import account_state, arq_redis, clean_audit, entries, sim_stats, wait_terminal

@@ -27,7 +27,7 @@ from shared.config import Settings
 from shared.ledger import audit, tasks
 from shared.ledger import webhooks as outbox
 from shared.pricing import Model, load
-from shared.ratelimit import Circuit
+from shared.provider_budget import Circuit
 from tests.apiserver import free_port
 from tests.conftest import MakeAccount, Processes
 from worker import deliveries, schedule, step, sweeper

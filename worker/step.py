@@ -68,7 +68,7 @@ from shared.errors import (
 from shared.ledger import tasks
 from shared.pricing import Model
 from shared.provider import CreateOutcomeUnknown, ProviderStatus, note_provider_task, noted_provider_task
-from shared.ratelimit import Kind, ProviderKey
+from shared.provider_budget import Kind, ProviderKey
 from worker import schedule
 from worker.runtime import Runtime
 
