@@ -126,12 +126,12 @@ def credit_poll_lock(queue_name: str) -> str:
 
 
 def audit_lock(queue_name: str) -> str:
-    """The periodic audit (worker/observe.py)."""
+    """The periodic audit (worker/reporting.py)."""
     return f"{queue_name}:auditrun"
 
 
 def credit_balance_lock(queue_name: str) -> str:
-    """The periodic poll of the provider's balance (worker/observe.py)."""
+    """The periodic poll of the provider's balance (worker/reporting.py)."""
     return f"{queue_name}:creditbalance"
 
 

@@ -21,7 +21,7 @@ from arq import Retry
 
 from shared import metrics, queue, redis_keys
 from shared.ledger import money, tasks
-from worker import interval_lock, observe, step
+from worker import interval_lock, reporting, step
 from worker.runtime import Runtime
 
 log = structlog.get_logger("creditq.worker")
@@ -99,7 +99,7 @@ async def credit_poll_loop(rt: Runtime) -> None:
     """While a provider key's circuit is open for lack of credits, one worker at a time polls that key's
     balance every few seconds and closes its circuit once there are credits. Circuits opened for a bad key
     (401) or a usage cap (433) are left to their cool-down: the next create probes them. Runs until cancelled.
-    (The balance shown on /metrics is polled, circuit or not, by :func:`worker.observe.provider_credit_loop`.)"""
+    (The balance shown on /metrics is polled, circuit or not, by :func:`worker.reporting.provider_credit_loop`.)"""
     lock = redis_keys.credit_poll_lock(rt.settings.queue_name)
     while True:
         await asyncio.sleep(CREDIT_POLL_SECONDS * random.uniform(0.8, 1.2))
@@ -115,7 +115,7 @@ async def credit_poll_loop(rt: Runtime) -> None:
                 continue
             for key in open_keys:
                 if key is rt.keys.first:
-                    credits = await observe.poll_credit_balance(rt)  # also recorded for /metrics
+                    credits = await reporting.poll_credit_balance(rt)  # also recorded for /metrics
                 else:
                     try:
                         credits = await rt.provider.credits(key.secret)
