@@ -2,5 +2,5 @@
 
 Modules: :mod:`.app` (the app and its lifespan), :mod:`.server` (uvicorn), :mod:`.services` (lazy
 Postgres/Redis connections), :mod:`.errors` (errors → responses), :mod:`.auth`, :mod:`.requests` (bodies and
-validation), :mod:`.callback_urls`, and one module per group of endpoints.
+validation), and one module per group of endpoints (callback URLs are checked by :mod:`shared.callback_urls`).
 """

@@ -13,7 +13,20 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
-from api import accounts, admin, health, jobs, lots, observability, openapi, ops, payments, transfers, webhooks
+from api import (
+    accounts,
+    admin,
+    client_webhooks,
+    health,
+    jobs,
+    lots,
+    observability,
+    openapi,
+    ops,
+    payments,
+    transfers,
+    webhooks,
+)
 from api.errors import HANDLERS, CatchAll
 from api.requests import EdgeChecks
 from api.services import Services
@@ -39,6 +52,7 @@ def create_app(settings: Settings) -> Starlette:
         *health.routes,
         *accounts.routes,
         *jobs.routes,
+        *client_webhooks.routes,
         *transfers.routes,
         *admin.routes,
         *lots.routes,

@@ -10,6 +10,7 @@ from starlette.routing import Route
 
 from api.services import Services, services
 from shared.ledger import accounts
+from shared.ratelimit import circuit_keys
 
 CHECK_TIMEOUT_SECONDS = 2.0
 
@@ -31,7 +32,7 @@ async def _redis(svc: Services) -> tuple[str, str]:
     """Redis's state, and the provider's circuit as the workers record it in Redis."""
     try:
         redis = await svc.arq()
-        circuit = await asyncio.wait_for(redis.exists(f"{svc.settings.queue_name}:circuit"), CHECK_TIMEOUT_SECONDS)
+        circuit = await asyncio.wait_for(redis.exists(*circuit_keys(svc.settings)), CHECK_TIMEOUT_SECONDS)
     except Exception:
         return "down", "unknown"
     return "ok", "circuit_open" if circuit else "ok"

@@ -15,11 +15,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from api import callback_urls
+from api import client_webhooks
 from api.auth import Caller, caller
 from api.requests import Fields, idempotency_key, json_object, query_choice, query_limit, request_hash
 from api.services import Services, services
-from shared import limits, pricing, queue
+from shared import callback_urls, limits, pricing, queue
 from shared.errors import IdempotencyConflict, InvalidInput, RateLimited, Unavailable
 from shared.ledger import tasks
 from shared.pricing import Model
@@ -223,6 +223,9 @@ async def cancel_job(request: Request) -> JSONResponse:
     who = await caller(request, write=True)
     task_id = request.path_params["task_id"]
     task = await tasks.cancel(await svc.db(), task_id, who.account.id)
+    if task["callback_url"]:
+        # The cancel wrote its webhook into the outbox (the trigger); a worker sends it.
+        await client_webhooks.schedule_task(svc, task_id)
     try:
         await limits.release(await svc.arq(), svc.settings, who.account.id, task_id)
     except Unavailable as e:

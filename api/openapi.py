@@ -446,6 +446,26 @@ OPERATIONS: dict[str, dict[str, Schema]] = {
             parameters=[TASK_ID],
         )
     },
+    "/v1/jobs/{taskId}/deliveries": {
+        "get": op(
+            "The job's webhook deliveries.",
+            {200: ok("The deliveries, oldest first.", ref("Deliveries"))},
+            (*READ, 404),
+            tag="webhooks",
+            security=CALLER,
+            parameters=[TASK_ID],
+        )
+    },
+    "/v1/jobs/{taskId}/deliveries/{webhookId}/retry": {
+        "post": op(
+            "Deliver this webhook again now.",
+            {202: ok("Pending and due now.", ref("Delivery"))},
+            (*READ, 404),
+            tag="webhooks",
+            security=CALLER,
+            parameters=[TASK_ID, path_param("webhookId", "The delivery's `webhook-id` (`msg_...`).")],
+        )
+    },
     "/v1/account": {
         "get": op(
             "The caller's account.", {200: ok("The account.", ref("Account"))}, READ, tag="account", security=CALLER
@@ -459,6 +479,24 @@ OPERATIONS: dict[str, dict[str, Schema]] = {
             tag="account",
             security=CALLER,
             parameters=[LIMIT, CURSOR],
+        )
+    },
+    "/v1/account/webhook-secret": {
+        "get": op(
+            "The account's webhook signing secret (made on first use).",
+            {200: ok("The secret.", ref("WebhookSecret"))},
+            READ,
+            tag="webhooks",
+            security=CALLER,
+        )
+    },
+    "/v1/account/webhook-secret/rotate": {
+        "post": op(
+            "A new signing secret; the old one keeps signing beside it for 24 h.",
+            {200: ok("The new secret.", ref("WebhookSecret"))},
+            READ,
+            tag="webhooks",
+            security=CALLER,
         )
     },
     "/v1/account/lots": {
@@ -491,7 +529,7 @@ OPERATIONS: dict[str, dict[str, Schema]] = {
         "post": op(
             "The provider's callback: a hint that triggers a status check.",
             {200: ok("Noted.", obj({"ok": BOOL}))},
-            (404, 413, 503),
+            (404, 413, 422, 503),
             tag="webhooks",
             parameters=[query("task", STR, "The task's id."), query("token", STR, "The task's callback secret.")],
         )

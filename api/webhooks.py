@@ -1,10 +1,12 @@
 """``POST /v1/webhooks/kie?task=<taskId>&token=<secret>``: the provider's callback.
 
 The callback is a hint, never trusted (docs/PROVIDER.md). A known task with the right per-task token gets an
-immediate status check by a worker (a queue poke), which asks the provider itself. The body is read for one
-thing only: for a task still ``queued`` (a worker died between the create call and recording its answer), the
-provider task id it names is noted in Redis, and the worker adopts it only after a status query proves that the
-provider's echo of the request is ours.
+immediate status check by a worker (a queue poke), which asks the provider itself. The body is read by the
+task's family adapter for two things only: whether it says the task ended (Suno calls back at stages on the way,
+``text`` and ``first``: those poke nothing, the final ``complete`` or ``error`` does), and, for a task still
+``queued`` (a worker died between the create call and recording its answer), the provider task id it names,
+noted in Redis; the worker adopts it only after a status query proves that the provider's echo of the request is
+ours.
 """
 
 from __future__ import annotations
@@ -39,24 +41,29 @@ async def kie_callback(request: Request) -> JSONResponse:
         raise NotFound("no such callback")
     if task["status"] in tasks.LIVE:
         redis = await svc.arq()
-        if task["status"] == "queued" and task["provider_task_id"] is None:
-            named = _provider_task_id(await read_body(request))
-            if named is not None:
-                await provider.note_provider_task(redis, svc.settings, task_id, named)
-        await queue.poke(redis, svc.settings, task_id)
+        hint = provider.read_callback(task["family"], _json(await read_body(request)))
+        recovering = task["status"] == "queued" and task["provider_task_id"] is None
+        named = _provider_task_id(hint.provider_task_id)
+        if recovering and named is not None:
+            await provider.note_provider_task(redis, svc.settings, task_id, named)
+        if hint.final or recovering:
+            await queue.poke(redis, svc.settings, task_id)
     return JSONResponse({"ok": True})
 
 
-def _provider_task_id(body: bytes) -> str | None:
-    """``data.taskId`` of a callback body (both families put it there), or None if the body has none or is not
-    one the edge would take (not a JSON object, nested too deep, NUL characters...): the body is only a hint, so a
-    bad one is ignored, not refused. An id is 1 to 200 visible ASCII characters, as the provider's are."""
+def _json(body: bytes) -> object:
+    """The callback body as JSON, or None if it is not one the edge would take (not a JSON object, nested too
+    deep, NUL characters...): the body is only a hint, so a bad one names nothing, it is not refused."""
     try:
-        data = parse_object(body).get("data")
+        return parse_object(body)
     except CreditqError:
         return None
-    named = data.get("taskId") if isinstance(data, dict) else None
-    return named if isinstance(named, str) and _PROVIDER_ID.fullmatch(named) else None
+
+
+def _provider_task_id(named: str | None) -> str | None:
+    """A provider task id the family's adapter read from a callback, if it looks like one: 1 to 200 visible
+    ASCII characters, as the provider's are."""
+    return named if named is not None and _PROVIDER_ID.fullmatch(named) else None
 
 
 routes = [Route("/v1/webhooks/kie", kie_callback, methods=["POST"])]

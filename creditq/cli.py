@@ -41,11 +41,23 @@ def _parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("sim", help="serve the KIE.ai simulator")
     sim.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     sim.add_argument("--port", type=int, default=8100, help="port (default 8100)")
-    sim.add_argument("--api-key", default=None, help="accept only this bearer key (default: any non-empty key)")
+    sim.add_argument(
+        "--api-key", default=None, help="accept only this bearer key, or these (comma-separated); default any key"
+    )
     sim.add_argument("--credits", type=float, default=1_000_000, help="the simulated provider balance")
     sim.add_argument("--time-scale", type=float, default=1.0, help="multiply every duration by F")
     sim.add_argument("--create-limit", type=int, default=20, help="creates per 10 s per key (default 20)")
     sim.add_argument("--query-limit", type=int, default=10, help="status queries per second per key (default 10)")
+    sim.add_argument(
+        "--strict", action="store_true", help="refuse (code 422) unknown models and fields, as the provider does"
+    )
+    sim.add_argument(
+        "--rate-limit-style",
+        choices=("http", "body"),
+        default="http",
+        help="over a limit: HTTP 429 with Retry-After (http), or HTTP 200 with body code 429 (body)",
+    )
+    sim.add_argument("--callback-key", default=None, help="sign callbacks with this HMAC key, as the provider does")
 
     dev = sub.add_parser("dev", help="migrate, then run sim + api + worker in this terminal, for trying it out")
     dev.add_argument("--port", type=int, default=8000, help="API port (default 8000)")
@@ -219,6 +231,9 @@ def _sim(args: argparse.Namespace) -> int:
         time_scale=args.time_scale,
         create_limit=args.create_limit,
         query_limit=args.query_limit,
+        strict=args.strict,
+        rate_limit_style=args.rate_limit_style,
+        callback_key=args.callback_key,
     )
     print(f"creditq sim: KIE.ai simulator on http://{args.host}:{args.port}", file=sys.stderr)
     uvicorn.run(create_app(options), host=args.host, port=args.port, log_level="warning")

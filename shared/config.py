@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from dotenv import dotenv_values
 
 from shared.errors import ConfigError
+from shared.webhooks import DEFAULT_RETRY_SECONDS
 
 BUNDLED_PRICING = Path(__file__).with_name("pricing.toml")
 
@@ -27,6 +28,7 @@ class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     kie_base_url: str = "https://api.kie.ai"
     kie_api_key: str = ""
+    kie_api_keys: tuple[str, ...] = ()  # KIE_API_KEYS, comma-separated: several provider keys (accounts)
     admin_token: str = ""
     public_url: str = ""
     pricing_path: Path = BUNDLED_PRICING
@@ -42,9 +44,19 @@ class Settings:
     kie_query_limit: int = 10  # provider status queries per second, per key
     kie_timeout: float = 30.0  # seconds for any one provider call
     allow_private_callbacks: bool = False  # let clients give callbackUrl on private addresses
+    # Client webhooks: seconds to wait after each failed delivery attempt; the last attempt comes after the last.
+    webhook_retry_seconds: tuple[float, ...] = DEFAULT_RETRY_SECONDS
     worker_concurrency: int = 200  # arq max_jobs: short steps, so many at once is cheap
     metrics_dir: str = ""  # prometheus multiprocess dir shared by API and workers on one host
     poke_seconds: float = 20.0  # provider callbacks start at most one status check per task per this many seconds
+
+    @property
+    def provider_keys(self) -> tuple[str, ...]:
+        """The provider keys to use, in order: ``KIE_API_KEYS`` when set, else ``KIE_API_KEY`` as a list of one
+        (an empty key when neither is set: the provider then refuses creates with 401 and the circuit opens)."""
+        if self.kie_api_keys:
+            return self.kie_api_keys
+        return (self.kie_api_key,)
 
     @property
     def callbacks_enabled(self) -> bool:
@@ -103,6 +115,7 @@ _VARS = {
     "redis_url": "REDIS_URL",
     "kie_base_url": "KIE_BASE_URL",
     "kie_api_key": "KIE_API_KEY",
+    "kie_api_keys": "KIE_API_KEYS",
     "admin_token": "CREDITQ_ADMIN_TOKEN",
     "public_url": "CREDITQ_PUBLIC_URL",
     "pricing_path": "CREDITQ_PRICING",
@@ -117,12 +130,13 @@ _VARS = {
     "kie_query_limit": "KIE_QUERY_LIMIT",
     "kie_timeout": "KIE_TIMEOUT",
     "allow_private_callbacks": "CREDITQ_ALLOW_PRIVATE_CALLBACKS",
+    "webhook_retry_seconds": "CREDITQ_WEBHOOK_RETRY_SECONDS",
     "worker_concurrency": "CREDITQ_WORKER_CONCURRENCY",
     "metrics_dir": "PROMETHEUS_MULTIPROC_DIR",
     "poke_seconds": "CREDITQ_POKE_SECONDS",
 }
 # Variables whose empty value means "off" rather than "use the default".
-_EMPTY_OK = {"kie_api_key", "admin_token", "public_url", "payments_webhook_secret", "metrics_dir"}
+_EMPTY_OK = {"kie_api_key", "kie_api_keys", "admin_token", "public_url", "payments_webhook_secret", "metrics_dir"}
 _INTS = {"db_pool_size", "kie_create_limit", "kie_query_limit", "worker_concurrency"}
 _FLOATS = {"sweep_seconds", "kie_create_window", "kie_timeout", "poke_seconds"}
 
@@ -142,8 +156,23 @@ def _parse(var: str, name: str, raw: str) -> object:
         if raw.lower() not in ("1", "true", "yes", "0", "false", "no", ""):
             raise ConfigError(f"{var} must be true or false, got {raw!r}")
         return raw.lower() in ("1", "true", "yes")
+    if name == "webhook_retry_seconds":
+        try:
+            delays = tuple(float(x) for x in raw.split(","))
+        except ValueError:
+            raise ConfigError(f"{var} must be comma-separated seconds, e.g. 5,300,1800; got {raw!r}") from None
+        if not delays or not all(0 < d < 10**7 for d in delays):
+            raise ConfigError(f"{var} must list positive numbers of seconds, got {raw!r}")
+        return delays
     if name == "pricing_path":
         return Path(raw)
+    if name == "kie_api_keys":
+        keys = tuple(k.strip() for k in raw.split(","))
+        if any(not k for k in keys) and raw:
+            raise ConfigError(f"{var} must be a comma-separated list of non-empty keys")
+        if len(set(keys)) != len(keys):
+            raise ConfigError(f"{var} lists a key twice")
+        return tuple(k for k in keys if k)
     if name in ("kie_base_url", "public_url"):
         return raw.rstrip("/")
     return raw

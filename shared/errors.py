@@ -21,9 +21,10 @@ class whether to retry. Nothing else is raised on purpose.
     ├── InvalidSignature         a payment event's signature is bad or stale            400 invalid_signature
     ├── UnappliedEvent           a payment event stored but not (yet) applicable        422 event_not_applied
     └── ProviderError            the provider (KIE.ai) refused or failed a call
-        ├── ProviderTransient    5xx, 429, 455, timeouts, connection errors: retry with backoff
-        ├── ProviderPermanent    400, 401, 404, 422, 451, 505: fail the task and refund it
-        └── ProviderOutOfCredits 402: the provider account is empty; stop submitting
+        ├── ProviderTransient    5xx, 429, 455, timeouts, connection errors; any failed status query: retry
+        ├── ProviderPermanent    a create refused with 400, 404, 422, 451, 505: fail the task and refund it
+        └── ProviderAccountRefused  a create refused with 401 or 433: this key cannot create now; open its circuit
+            └── ProviderOutOfCredits 402: the provider account is empty; open the key's circuit
 """
 
 from __future__ import annotations
@@ -165,7 +166,14 @@ class ProviderPermanent(ProviderError):
     code = "provider_rejected"
 
 
-class ProviderOutOfCredits(ProviderError):
+class ProviderAccountRefused(ProviderError):
+    """A create refused for the key or the account, not the task (401 bad key, 433 usage cap, 402 no credits):
+    stop creating with that key (its circuit) until it takes creates again; the task stays queued."""
+
+    code = "provider_account_refused"
+
+
+class ProviderOutOfCredits(ProviderAccountRefused):
     """The provider account has no credits left (402): stop submitting until it has."""
 
     code = "provider_out_of_credits"

@@ -42,7 +42,7 @@ from redis.asyncio import Redis
 
 from shared.config import Settings
 from shared.ledger import stats
-from shared.ratelimit import Circuit, ProviderBudget
+from shared.ratelimit import ProviderBudget, open_circuit_info
 
 # --- What the API and the workers count -----------------------------------------------------------------------
 
@@ -313,7 +313,7 @@ async def ops_state(settings: Settings, pool: asyncpg.Pool | None, redis: Redis 
         try:
             async with asyncio.timeout(STATE_TIMEOUT_SECONDS):
                 state.queue_depth = int(await redis.zcard(settings.queue_name))
-                state.circuit = await Circuit(redis, settings).info()
+                state.circuit = await open_circuit_info(redis, settings)
                 state.circuit_known = True
                 state.provider_credits = await last_provider_credits(redis, settings)
                 state.audit = await last_audit(redis, settings)

@@ -25,7 +25,6 @@ from urllib.parse import urlsplit
 from shared.errors import ConfigError, InvalidInput
 
 KINDS = ("image", "video", "audio")
-FAMILIES = ("jobs", "veo")
 TYPES = ("string", "integer", "number", "boolean", "array")
 FORMATS = ("url",)
 # Fields that steer the provider request itself: the adapters set them, a client's input never does, and a price
@@ -167,11 +166,17 @@ class Model:
     typical_seconds: float
     inputs: Mapping[str, InputField] = field(default_factory=lambda: {"prompt": DEFAULT_PROMPT}, compare=False)
     rules: PriceRules | None = field(default=None, compare=False)
+    # The model's name at the provider when it differs from ours (Suno's "V4_5" for "suno/v4-5"); "" = the same.
+    provider_model: str = ""
 
     @property
     def price_rules(self) -> PriceRules:
         """The model's rules (a model built in code without rules has a fixed price: ``cost``)."""
         return self.rules if self.rules is not None else PriceRules(base=self.cost)
+
+    def __post_init__(self) -> None:
+        if not self.provider_model:
+            object.__setattr__(self, "provider_model", self.model)
 
     def public(self) -> dict[str, Any]:
         """The model as ``GET /v1/models`` shows it: the contract's fields plus ``inputs`` and ``pricing``."""
@@ -317,9 +322,26 @@ def parse(data: Mapping[str, Any]) -> Pricing:
     return Pricing(models=models, tiers=tiers)
 
 
+def _families() -> tuple[str, ...]:
+    """The families with an adapter (shared.families imports this module's Model, hence the late import)."""
+    from shared import families
+
+    return families.names()
+
+
 # --- Loading, one check at a time: every failure names the model and the field ------------------------------
 
-_MODEL_KEYS = {"model", "kind", "family", "cost", "deadline_seconds", "typical_seconds", "inputs", "pricing"}
+_MODEL_KEYS = {
+    "model",
+    "kind",
+    "family",
+    "provider_model",
+    "cost",
+    "deadline_seconds",
+    "typical_seconds",
+    "inputs",
+    "pricing",
+}
 _FIELD_KEYS = {
     "type",
     "required",
@@ -350,8 +372,12 @@ def _model(i: int, m: Any) -> Model:
     kind, family = m.get("kind"), m.get("family")
     if kind not in KINDS:
         raise ConfigError(f"{at}: kind must be one of {', '.join(KINDS)}")
-    if family not in FAMILIES:
-        raise ConfigError(f"{at}: family must be one of {', '.join(FAMILIES)}")
+    families = _families()
+    if family not in families:
+        raise ConfigError(f"{at}: family must be one of {', '.join(families)}")
+    provider_model = m.get("provider_model", "")
+    if not isinstance(provider_model, str):
+        raise ConfigError(f"{at}: provider_model must be a string")
     deadline = _positive_number(at, "deadline_seconds", m.get("deadline_seconds"))
     typical = _positive_number(at, "typical_seconds", m.get("typical_seconds", 10))
 
@@ -376,7 +402,7 @@ def _model(i: int, m: Any) -> Model:
     _check_positive(at, rules, inputs)
     defaults = {n: f.default for n, f in inputs.items() if f.default is not None}
     cost, _ = _cost(rules, defaults)
-    return Model(name, kind, family, cost, deadline, typical, inputs, rules)
+    return Model(name, kind, family, cost, deadline, typical, inputs, rules, provider_model)
 
 
 def _field(at: str, name: str, spec: Any, item: bool = False) -> InputField:

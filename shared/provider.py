@@ -1,19 +1,24 @@
-"""The KIE.ai client: create a task, read its status, read the account's credits.
+"""The KIE.ai client: create a task, read its status, read the account's credits, with any configured key.
 
 One :class:`httpx.AsyncClient` per process (pooled keep-alive connections); the worker hands its own client in so
 that shutdown closes it once. Every call is bounded by ``KIE_TIMEOUT`` as a whole, not per socket operation.
 
-The provider answers HTTP 200 with the verdict in the body's ``code`` (docs/PROVIDER.md), except for real 429s and
-the odd 5xx from its edge, so both are read: an error HTTP status wins unless the body names a more precise
-error code. Errors map onto the one hierarchy of :mod:`shared.errors`:
+What differs between the provider's families (endpoints, request bodies, record and callback shapes) lives in
+the family adapters (:mod:`shared.families`); this module speaks the envelope they share. The provider answers
+HTTP 200 with the verdict in the body's ``code``, except for real 429s and the odd 5xx from its edge, so both
+are read: an error HTTP status wins unless the body names a more precise error code. The family's
+:meth:`~shared.families.base.Family.classify` says what an error answer is, mapped onto :mod:`shared.errors`:
 
-- :class:`~shared.errors.ProviderTransient`: 429 (``retry_after`` from ``Retry-After``), 455, 5xx except 505,
-  timeouts, connection errors, malformed bodies, unknown task states, and "recordInfo is null" (a status query
-  that races the task's creation);
-- :class:`~shared.errors.ProviderPermanent`: 400, 401, 403, 404, 422, 451, 505 and any other 4xx;
-- :class:`~shared.errors.ProviderOutOfCredits`: 402, the provider account is empty.
+- :class:`~shared.errors.ProviderTransient`: look again later. Every failed status query (401, 404,
+  "recordInfo is null" / "record is null", any other body code, 5xx, timeouts: the task may still finish and be
+  billed, only the provider's verdict or the deadline ends it); on a create 429 (``retry_after`` from
+  ``Retry-After`` when there is one; the body-code style has none), 455, 5xx except 505, connection errors;
+  malformed bodies and unknown task states.
+- :class:`~shared.errors.ProviderAccountRefused` (and its :class:`~shared.errors.ProviderOutOfCredits` for
+  402): a create refused for the key or account (401, 402, 433): open that key's circuit, keep the task queued.
+- :class:`~shared.errors.ProviderPermanent`: a create refused for the task itself (400, 404, 422, 451, 505...).
 
-A task the provider ended in ``fail`` is not an error: :meth:`ProviderClient.status` answers it as
+A task the provider ended in failure is not an error: :meth:`ProviderClient.status` answers it as
 ``ProviderStatus(state="failed", ...)``.
 
 :class:`CreateOutcomeUnknown` (a ``ProviderTransient``) says a create request may have reached the provider
@@ -26,37 +31,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
-import json
 import time
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, NoReturn
+from typing import Any, NoReturn
 
 import httpx
 import structlog
 from redis.asyncio import Redis
 
-from shared import metrics
+from shared import families, metrics
 from shared.config import Settings
-from shared.errors import ProviderError, ProviderOutOfCredits, ProviderPermanent, ProviderTransient
+from shared.errors import (
+    ProviderAccountRefused,
+    ProviderError,
+    ProviderOutOfCredits,
+    ProviderPermanent,
+    ProviderTransient,
+)
+from shared.families import CallbackHint, Family, ProviderStatus
 from shared.pricing import Model
+
+__all__ = [
+    "USER_AGENT",
+    "CallbackHint",
+    "CreateOutcomeUnknown",
+    "ProviderClient",
+    "ProviderStatus",
+    "new_http_client",
+    "read_callback",
+]
 
 log = structlog.get_logger("creditq.provider")
 
 # The provider sits behind an edge that answers "error code: 1010" to clients without a browser-like agent.
 USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36"
-VEO_DEFAULT_ASPECT_RATIO = "16:9"
-
-State = Literal["pending", "succeeded", "failed"]
-
-_JOBS_STATES: dict[str, State] = {
-    "waiting": "pending",
-    "queuing": "pending",
-    "generating": "pending",
-    "success": "succeeded",
-    "fail": "failed",
-}
-_VEO_FLAGS: dict[int, State] = {0: "pending", 1: "succeeded", 2: "failed", 3: "failed"}
 
 # Requests that certainly did not reach the provider: safe to send again.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
@@ -64,23 +72,6 @@ _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.
 
 class CreateOutcomeUnknown(ProviderTransient):
     """A create request may have been accepted, but no answer came back: do not blindly repeat it."""
-
-
-@dataclass(frozen=True, slots=True)
-class ProviderStatus:
-    """A provider task as one status query saw it.
-
-    ``urls``: the result files when ``succeeded``. ``fail_code``/``fail_message``: the provider's reason when
-    ``failed``. ``progress``: 0-100 when the model reports it. ``param``: the original create request as the
-    provider echoes it (used to prove that a provider task is ours), or None.
-    """
-
-    state: State
-    urls: tuple[str, ...] = ()
-    fail_code: str | None = None
-    fail_message: str | None = None
-    progress: float | None = None
-    param: dict[str, Any] | None = field(default=None, compare=False)
 
 
 def new_http_client(settings: Settings) -> httpx.AsyncClient:
@@ -94,17 +85,23 @@ def new_http_client(settings: Settings) -> httpx.AsyncClient:
     )
 
 
+def read_callback(family: str, body: Any) -> CallbackHint:
+    """A provider callback body of a task of ``family``, read by its adapter as a hint. Never raises."""
+    return families.get(family).read_callback(body)
+
+
 class ProviderClient:
     """KIE.ai's API. Not idempotent by itself: :meth:`create` makes a new provider task on every success.
 
     ``http`` is the process's shared client (closed by its owner); without it the provider client makes and owns
-    one, closed by :meth:`aclose`.
+    one, closed by :meth:`aclose`. Each call takes the provider key to use (``key``, a secret); by default the
+    first of the settings' keys.
     """
 
     def __init__(self, settings: Settings, http: httpx.AsyncClient | None = None) -> None:
         self._settings = settings
         self._base = settings.kie_base_url
-        self._auth = {"Authorization": f"Bearer {settings.kie_api_key}"}
+        self._default_key = settings.provider_keys[0]
         self._owns_http = http is None
         self.http = http if http is not None else new_http_client(settings)
 
@@ -113,43 +110,36 @@ class ProviderClient:
         if self._owns_http:
             await self.http.aclose()
 
-    async def create(self, model: Model, input: dict[str, Any], callback_url: str | None) -> str:
+    async def create(
+        self, model: Model, input: dict[str, Any], callback_url: str | None, key: str | None = None
+    ) -> str:
         """Create the provider task for ``model`` with the client's ``input``; returns the provider's task id.
 
-        Not idempotent: every success is a new (billed) provider task. Raises ProviderPermanent, ProviderTransient,
-        ProviderOutOfCredits, and CreateOutcomeUnknown when the request may have created a task unseen.
+        Not idempotent: every success is a new (billed) provider task. Raises ProviderPermanent,
+        ProviderTransient, ProviderAccountRefused (ProviderOutOfCredits for 402), and CreateOutcomeUnknown when
+        the request may have created a task unseen.
         """
-        if model.family == "veo":
-            path = "/api/v1/veo/generate"
-            body: dict[str, Any] = {k: v for k, v in input.items() if k != "prompt"}
-            body["prompt"] = input.get("prompt")
-            body["model"] = model.model
-            body.setdefault("aspectRatio", VEO_DEFAULT_ASPECT_RATIO)
-        else:
-            path = "/api/v1/jobs/createTask"
-            body = {"model": model.model, "input": input}
-        if callback_url:
-            body["callBackUrl"] = callback_url
-        data = await self._call("POST", path, json_body=body, create=True)
+        family = families.get(model.family)
+        req = family.create_request(model, input, callback_url)
+        data = await self._call(family, "POST", req.path, key, json_body=req.body, create=True)
         task_id = data.get("taskId") if isinstance(data, dict) else None
         if not isinstance(task_id, str) or not task_id:
-            raise CreateOutcomeUnknown("createTask answered success without a taskId", provider_code=200)
+            raise CreateOutcomeUnknown(f"{req.path} answered success without a taskId", provider_code=200)
         return task_id
 
-    async def status(self, model: Model, provider_task_id: str) -> ProviderStatus:
+    async def status(self, model: Model, provider_task_id: str, key: str | None = None) -> ProviderStatus:
         """One status query of a provider task. Read-only, safe to repeat.
 
-        Raises ProviderTransient (including "recordInfo is null" and unknown states), ProviderPermanent.
+        Raises ProviderTransient for every answer that is not a readable record: nothing a status query answers
+        but the record's own verdict ends a task.
         """
-        path = "/api/v1/veo/record-info" if model.family == "veo" else "/api/v1/jobs/recordInfo"
-        data = await self._call("GET", path, params={"taskId": provider_task_id})
-        if not isinstance(data, dict):
-            raise ProviderTransient(f"{path} answered without a record", provider_code=200)
-        return _veo_status(data) if model.family == "veo" else _jobs_status(data)
+        family = families.get(model.family)
+        data = await self._call(family, "GET", family.status_path, key, params={"taskId": provider_task_id})
+        return family.read_record(data)
 
-    async def credits(self) -> float:
+    async def credits(self, key: str | None = None) -> float:
         """The provider account's remaining credits. Read-only. Raises ProviderTransient, ProviderPermanent."""
-        data = await self._call("GET", "/api/v1/chat/credit")
+        data = await self._call(None, "GET", "/api/v1/chat/credit", key)
         if isinstance(data, bool) or not isinstance(data, int | float | str):
             raise ProviderTransient("chat/credit answered without a number", provider_code=200)
         try:
@@ -159,8 +149,10 @@ class ProviderClient:
 
     async def _call(
         self,
+        family: Family | None,
         method: str,
         path: str,
+        key: str | None,
         *,
         json_body: dict[str, Any] | None = None,
         params: dict[str, str] | None = None,
@@ -170,11 +162,12 @@ class ProviderClient:
         outcome = "ok"
         code: int | None = None
         status: int | None = None
+        auth = {"Authorization": f"Bearer {self._default_key if key is None else key}"}
         try:
             try:
                 async with asyncio.timeout(self._settings.kie_timeout):
                     resp = await self.http.request(
-                        method, self._base + path, json=json_body, params=params, headers=self._auth
+                        method, self._base + path, json=json_body, params=params, headers=auth
                     )
             except _NOT_SENT as e:
                 raise ProviderTransient(f"{path}: cannot reach the provider: {type(e).__name__}") from None
@@ -183,7 +176,7 @@ class ProviderClient:
                 kind = CreateOutcomeUnknown if create else ProviderTransient
                 raise kind(f"{path}: no answer from the provider: {type(e).__name__}") from None
             status = resp.status_code
-            code, data = _verdict(resp, path, create=create)
+            code, data = _verdict(family or _ACCOUNT, resp, path, create=create)
             return data
         except ProviderError as e:
             code = code if code is not None else e.provider_code
@@ -196,7 +189,20 @@ class ProviderClient:
             log.info("kie.call", endpoint=path, http=status, code=code, outcome=outcome, ms=round(seconds * 1000, 1))
 
 
-def _verdict(resp: httpx.Response, path: str, *, create: bool) -> tuple[int, Any]:
+class _AccountCalls(Family):
+    """Calls that belong to no family (the credit balance): a refusal there is what it says (401 is the key's
+    fault, not a passing state of a task)."""
+
+    name = "account"
+
+    def classify(self, code: int, msg: str, *, create: bool) -> families.ErrorClass:
+        return super().classify(code, msg, create=True)
+
+
+_ACCOUNT = _AccountCalls()
+
+
+def _verdict(family: Family, resp: httpx.Response, path: str, *, create: bool) -> tuple[int, Any]:
     """The envelope's (code, data), or the matching ProviderError."""
     http = resp.status_code
     body: Any = None
@@ -222,27 +228,25 @@ def _verdict(resp: httpx.Response, path: str, *, create: bool) -> tuple[int, Any
     if not 200 <= http < 300:
         # An error status from the provider or its edge; a body code other than 200 says it more precisely.
         effective = code if code not in (None, 200) else http
-        _raise(effective, msg or f"HTTP {http} {resp.reason_phrase}")
+        _raise(family, effective, msg or f"HTTP {http} {resp.reason_phrase}", create=create)
     if code is None:
         kind = CreateOutcomeUnknown if create else ProviderTransient
         raise kind(f"{path}: answer is not the provider's envelope (HTTP {http})", provider_code=http)
     if code == 200:
         return code, data
-    if code == 422 and data is None and not create and "recordinfo" in msg.replace(" ", "").lower():
-        raise ProviderTransient(f"{msg} (provider code 422)", provider_code=422)
-    _raise(code, msg)
+    _raise(family, code, msg, create=create)
 
 
-def _raise(code: int, msg: str) -> NoReturn:
+def _raise(family: Family, code: int, msg: str, *, create: bool) -> NoReturn:
     # The message may end up in a task's error.message: the provider's words and code, not our endpoint.
     text = f"{msg} (provider code {code})" if msg else f"provider code {code}"
-    if code == 402:
-        raise ProviderOutOfCredits(text, provider_code=code)
-    if code in (455, 501) or (500 <= code < 600 and code != 505):
-        raise ProviderTransient(text, provider_code=code)
-    if code == 505 or 400 <= code < 500:
+    verdict = family.classify(code, msg, create=create)
+    if verdict == "account":
+        kind: type[ProviderError] = ProviderOutOfCredits if code == 402 else ProviderAccountRefused
+        raise kind(text, provider_code=code)
+    if verdict == "permanent":
         raise ProviderPermanent(text, provider_code=code)
-    raise ProviderTransient(text, provider_code=code)  # 1xx/3xx in a body: not a verdict we know
+    raise ProviderTransient(text, provider_code=code)
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -259,83 +263,6 @@ def _retry_after(value: str | None) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
-def _json_value(raw: Any) -> Any:
-    """A field documented as a JSON string that some answers give as an object."""
-    if isinstance(raw, str):
-        if not raw.strip():
-            return None
-        try:
-            return json.loads(raw)
-        except ValueError:
-            raise ProviderTransient("a JSON field of the record is not JSON", provider_code=200) from None
-    return raw
-
-
-def _urls(result: Any) -> tuple[str, ...]:
-    if not isinstance(result, dict):
-        return ()
-    for key in ("resultUrls", "resultUrl", "urls"):
-        value = result.get(key)
-        if isinstance(value, str) and value:
-            return (value,)
-        if isinstance(value, list):
-            return tuple(u for u in value if isinstance(u, str) and u)
-    return ()
-
-
-def _param(raw: Any) -> dict[str, Any] | None:
-    try:
-        value = _json_value(raw)
-    except ProviderTransient:
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _progress(raw: Any) -> float | None:
-    if isinstance(raw, int | float) and not isinstance(raw, bool):
-        return float(raw)
-    return None
-
-
-def _text(raw: Any) -> str | None:
-    if raw is None or raw == "":
-        return None
-    return str(raw)
-
-
-def _jobs_status(data: dict[str, Any]) -> ProviderStatus:
-    state = _JOBS_STATES.get(str(data.get("state", "")))
-    if state is None:
-        raise ProviderTransient(f"recordInfo: unknown state {data.get('state')!r}", provider_code=200)
-    urls = _urls(_json_value(data.get("resultJson"))) if state == "succeeded" else ()
-    return ProviderStatus(
-        state=state,
-        urls=urls,
-        fail_code=_text(data.get("failCode")) if state == "failed" else None,
-        fail_message=_text(data.get("failMsg")) if state == "failed" else None,
-        progress=_progress(data.get("progress")),
-        param=_param(data.get("param")),
-    )
-
-
-def _veo_status(data: dict[str, Any]) -> ProviderStatus:
-    flag = data.get("successFlag")
-    state = _VEO_FLAGS.get(flag) if isinstance(flag, int) and not isinstance(flag, bool) else None
-    if state is None:
-        raise ProviderTransient(f"record-info: unknown successFlag {flag!r}", provider_code=200)
-    urls: tuple[str, ...] = ()
-    if state == "succeeded":
-        urls = _urls(_json_value(data.get("response"))) or _urls(_json_value(data.get("info"))) or _urls(data)
-    return ProviderStatus(
-        state=state,
-        urls=urls,
-        fail_code=_text(data.get("errorCode")) if state == "failed" else None,
-        fail_message=_text(data.get("errorMessage")) if state == "failed" else None,
-        progress=_progress(data.get("progress")),
-        param=_param(data.get("paramJson", data.get("param"))),
-    )
 
 
 # --- Which provider task is ours: a hint kept in Redis -------------------------------------------------------

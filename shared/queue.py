@@ -122,3 +122,20 @@ async def poke(arq: ArqRedis, settings: Settings, task_id: str) -> bool:
             _job_try=POKE_RECHECKS + 1,
         )
     return job is not None
+
+
+DELIVER_FUNCTION = "deliver"
+
+
+def delivery_job_id(webhook_id: str) -> str:
+    return f"delivery:{webhook_id}"
+
+
+async def enqueue_delivery(arq: ArqRedis, settings: Settings, webhook_id: str, now: bool = False) -> bool:
+    """Ask a worker to attempt a client webhook delivery. Returns False if its job is already queued (a no-op).
+    ``now``: a client's retry, under a job id of its own so that it is not swallowed by a job deferred for hours
+    (the deferred one then finds nothing due and ends). Raises redis errors; a lost hint is found again by the
+    delivery sweep in Postgres."""
+    job_id = delivery_job_id(webhook_id) + (f":now:{datetime.now(UTC).timestamp()}" if now else "")
+    job = await arq.enqueue_job(DELIVER_FUNCTION, webhook_id, _job_id=job_id, _queue_name=settings.queue_name)
+    return job is not None

@@ -2,8 +2,10 @@
 
 KIE.ai limits each API key to ``KIE_CREATE_LIMIT`` creates per ``KIE_CREATE_WINDOW`` seconds and
 ``KIE_QUERY_LIMIT`` status queries per second, whoever sends them. :class:`ProviderBudget` keeps a sliding-window
-log per kind in one Redis sorted set (a Lua script reads Redis's own ``TIME``, so workers' clocks do not matter)
-under ``{CREDITQ_QUEUE}:budget:<sha256(KIE_API_KEY)[:16]>:<kind>``.
+log per key and kind in one Redis sorted set (a Lua script reads Redis's own ``TIME``, so workers' clocks do not
+matter) under ``{CREDITQ_QUEUE}:budget:<sha256(key)[:16]>:<kind>``. With several keys (``KIE_API_KEYS``, several
+provider accounts) each has its own budget and circuit; :class:`KeyRing` holds them and spreads creates over the
+keys that have room.
 
 The provider counts a request when it arrives, which is some time after our grant: a cold connection, a TLS
 handshake or a busy event loop can make that most of a second, enough to put 21 creates in the provider's 10 s.
@@ -12,10 +14,11 @@ So a grant taken with a ``token`` is logged as *in flight* (at the latest time t
 the arrival. Each log entry is therefore never earlier than the provider's own, and the window is counted a
 little longer than the provider's (5 %, at least 100 ms) for clocks that tick at different rates.
 
-:class:`Circuit` says "the provider account is out of credits: stop submitting". It is a Redis key with a
-time-to-live (the cool-down): whoever sees a 402 opens it, the worker's credit poll closes it as soon as the
-provider shows credits again, and if nobody can tell, it closes by itself after the cool-down so that the next
-create probes the provider.
+:class:`Circuit` says "this key's account cannot create now: stop submitting with it" (402 out of credits, 401
+bad key, 433 usage cap). It is a Redis key per provider key with a time-to-live (the cool-down): whoever sees such
+a refusal opens it, the worker's credit poll closes an out-of-credits one as soon as the provider shows credits
+again, and if nobody can tell, it closes by itself after the cool-down so that the next create probes the
+provider.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import random
 import time
 import uuid
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from redis.asyncio import Redis
@@ -75,17 +80,23 @@ MARGIN = 0.05
 MIN_MARGIN_SECONDS = 0.1
 
 
-def key_id(settings: Settings) -> str:
-    """The API key's public name in Redis keys: 16 hex characters of its SHA-256 (never the key itself)."""
-    return hashlib.sha256(settings.kie_api_key.encode()).hexdigest()[:16]
+def key_id(settings: Settings, api_key: str | None = None) -> str:
+    """A provider key's public name (in Redis keys, on tasks, in logs): 16 hex characters of its SHA-256, never
+    the key itself. ``api_key`` defaults to the first of the settings' keys."""
+    secret = settings.provider_keys[0] if api_key is None else api_key
+    return hashlib.sha256(secret.encode()).hexdigest()[:16]
+
+
+_CANCEL = "return redis.call('ZREM', KEYS[1], ARGV[1])"
 
 
 class ProviderBudget:
-    """Tokens for provider calls, shared by all workers using the same queue prefix and API key."""
+    """Tokens for provider calls with one key (default: the first), shared by all workers using the same queue
+    prefix and key."""
 
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    def __init__(self, redis: Redis, settings: Settings, api_key: str | None = None) -> None:
         self._redis = redis
-        prefix = f"{settings.queue_name}:budget:{key_id(settings)}"
+        prefix = f"{settings.queue_name}:budget:{key_id(settings, api_key)}"
         self._limits: dict[str, tuple[str, int, float]] = {
             "create": (f"{prefix}:create", settings.kie_create_limit, _padded(settings.kie_create_window)),
             "query": (f"{prefix}:query", settings.kie_query_limit, _padded(1.0)),
@@ -94,6 +105,7 @@ class ProviderBudget:
         self._script = redis.register_script(_SLIDING_WINDOW)
         self._done = redis.register_script(_DONE)
         self._usage = redis.register_script(_USAGE)
+        self._cancel = redis.register_script(_CANCEL)
 
     @staticmethod
     def new_token() -> str:
@@ -115,6 +127,10 @@ class ProviderBudget:
         """The call granted under ``token`` has its answer: count it from now, not from the latest time it could
         have arrived. Idempotent. Raises redis errors (then the slot frees after ``KIE_TIMEOUT`` + window)."""
         await self._done(keys=[self._limits[kind][0]], args=[token])
+
+    async def cancel(self, kind: Kind, token: str) -> None:
+        """The call granted under ``token`` was never sent: give its slot back. Idempotent; raises redis errors."""
+        await self._cancel(keys=[self._limits[kind][0]], args=[token])
 
     async def usage(self) -> dict[str, tuple[int, int]]:
         """Kind → (calls counted in the current window, limit), for /metrics. Read-only; raises redis errors."""
@@ -148,11 +164,12 @@ def _padded(window: float) -> float:
 
 
 class Circuit:
-    """The out-of-credits switch at ``{CREDITQ_QUEUE}:circuit``; open while the key exists."""
+    """One provider key's switch at ``{CREDITQ_QUEUE}:circuit:<key id>``; open while the Redis key exists.
+    ``api_key`` defaults to the first of the settings' keys."""
 
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    def __init__(self, redis: Redis, settings: Settings, api_key: str | None = None) -> None:
         self._redis = redis
-        self.key = circuit_key(settings)
+        self.key = circuit_key(settings, api_key)
 
     async def is_open(self) -> bool:
         """True while submitting is stopped. One Redis read; raises redis errors."""
@@ -182,6 +199,87 @@ class Circuit:
         return bool(await self._redis.delete(self.key))
 
 
-def circuit_key(settings: Settings) -> str:
-    """The Redis key of the circuit (the API's /readyz reads it to report "degraded")."""
-    return f"{settings.queue_name}:circuit"
+def circuit_key(settings: Settings, api_key: str | None = None) -> str:
+    """The Redis key of a provider key's circuit (default: the first key's)."""
+    return f"{settings.queue_name}:circuit:{key_id(settings, api_key)}"
+
+
+def circuit_keys(settings: Settings) -> list[str]:
+    """The Redis keys of every configured provider key's circuit: /readyz says "degraded" while any exists."""
+    return [circuit_key(settings, k) for k in settings.provider_keys]
+
+
+async def open_circuit_info(redis: Redis, settings: Settings) -> dict[str, Any] | None:
+    """Why and since when the first open circuit among the configured keys is open (with its ``providerKey``
+    id and how many of the keys are open), or None when every key's circuit is closed. For /metrics and the
+    admin page. Raises redis errors."""
+    keys = settings.provider_keys
+    opened: list[tuple[str, dict[str, Any]]] = []
+    for k in keys:
+        info = await Circuit(redis, settings, k).info()
+        if info is not None:
+            opened.append((key_id(settings, k), info))
+    if not opened:
+        return None
+    ident, info = opened[0]
+    return {**info, "providerKey": ident, "openKeys": len(opened), "keys": len(keys)}
+
+
+@dataclass(frozen=True, eq=False)
+class ProviderKey:
+    """One provider key with its public id, budget and circuit. ``secret`` never reaches a log or Redis."""
+
+    secret: str = field(repr=False)
+    id: str
+    budget: ProviderBudget
+    circuit: Circuit
+
+
+class KeyRing:
+    """Every configured provider key (``KIE_API_KEYS``), in order. Creates go to a key whose circuit is closed
+    and whose create budget has room, starting from a random one so that the keys share the load; a task's
+    status queries go to the key that created it."""
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.keys = [
+            ProviderKey(k, key_id(settings, k), ProviderBudget(redis, settings, k), Circuit(redis, settings, k))
+            for k in settings.provider_keys
+        ]
+        self._by_id = {k.id: k for k in self.keys}
+
+    @property
+    def first(self) -> ProviderKey:
+        """The first key: the one for calls that belong to no task (the credit balance) and old tasks."""
+        return self.keys[0]
+
+    def by_id(self, ident: str | None) -> ProviderKey:
+        """The key with public id ``ident``; the first key when ``ident`` is None (a task from before keys were
+        recorded) or names a key no longer configured (rotated out: its tasks are followed with the first)."""
+        if ident is None:
+            return self.first
+        return self._by_id.get(ident, self.first)
+
+    async def open_circuits(self) -> list[ProviderKey]:
+        """The keys whose circuit is open now. One Redis round trip per key; raises redis errors."""
+        return [k for k in self.keys if await k.circuit.is_open()]
+
+    async def take_create(self, max_wait: float, token: str) -> tuple[ProviderKey | None, float]:
+        """A create slot on some key whose circuit is closed: (key, 0.0), logged in flight under ``token``.
+        Else (None, seconds until one may free): ``inf`` when every circuit is open. Waits in jittered steps up
+        to ``max_wait`` seconds. Raises redis errors."""
+        deadline = time.monotonic() + max_wait
+        while True:
+            closed = [k for k in self.keys if not await k.circuit.is_open()]
+            if not closed:
+                return None, math.inf
+            start = random.randrange(len(closed))
+            shortest = math.inf
+            for k in closed[start:] + closed[:start]:
+                wait = await k.budget.try_acquire("create", token)
+                if wait <= 0:
+                    return k, 0.0
+                shortest = min(shortest, wait)
+            left = deadline - time.monotonic()
+            if shortest > left:
+                return None, shortest
+            await asyncio.sleep(min(left, shortest + random.uniform(0, 0.05)))

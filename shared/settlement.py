@@ -2,33 +2,34 @@
 
 :func:`settle` runs the terminal transaction (``ledger.tasks.finish``: the terminal state and the capture or
 release of the hold, one transaction, exactly once), and then, only if this call ended the task, frees its tier
-slot (:func:`release_slot`) and notifies the client (:func:`notify`), both best effort and after the commit.
+slot (:func:`release_slot`) and schedules the client's webhook (:func:`notify`), both best effort and after
+the commit.
 :func:`expire` is the deadline's ending (``provider_timeout``), the same whether a worker's step, the sweeper or
 ``creditq audit --fix`` finds the task past its deadline.
 
 What an ending needs besides Postgres is given as a :class:`Context`: the worker's ``Runtime`` is one; the
 repairs (:mod:`shared.repairs`) build their own. A context without Redis skips the slot release (the slot frees
-itself at the task's deadline), one without an HTTP client skips the notification.
+itself at the task's deadline) and the webhook's scheduling (the delivery sweep sends it).
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, Protocol
 
 import asyncpg
 import httpx
 import structlog
+from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
-from shared import limits
+from shared import limits, queue
 from shared.config import Settings
 from shared.ledger import tasks
+from shared.ledger import webhooks as outbox
 
 log = structlog.get_logger("creditq.settlement")
 
 Log = Any  # a bound structlog logger
-NOTIFY_TIMEOUT = 5.0
 
 
 class Context(Protocol):
@@ -106,16 +107,14 @@ async def release_slot(ctx: Context, task: asyncpg.Record) -> None:
 
 
 async def notify(ctx: Context, task: asyncpg.Record, tlog: Log) -> None:
-    """One POST of the task view to the client's ``callback_url`` (checked by the API at submit); no retries.
-    Best effort, never raises."""
-    url = task["callback_url"]
-    if not url or ctx.http is None:
+    """Schedule the client's webhook of the task's end. The delivery itself was written into the outbox with
+    the ending, in the same transaction (migration 008's trigger on tasks); this only asks a worker to send it
+    now (:mod:`worker.deliveries`). Best effort, never raises: without Redis, or if the hint is lost, the
+    delivery sweep finds it in Postgres."""
+    if not task["callback_url"] or not isinstance(ctx.redis, ArqRedis):
         return
     try:
-        async with asyncio.timeout(NOTIFY_TIMEOUT):
-            resp = await ctx.http.post(
-                url, json=tasks.task_view(task), timeout=NOTIFY_TIMEOUT, headers={"User-Agent": "creditq-webhook/1"}
-            )
-        tlog.info("task.notified", http=resp.status_code)
-    except Exception as e:  # best effort by contract
-        tlog.info("task.notify_failed", error=type(e).__name__)
+        for webhook_id in await outbox.pending_for_task(ctx.pool, task["id"]):
+            await queue.enqueue_delivery(ctx.redis, ctx.settings, webhook_id)
+    except Exception as e:
+        tlog.warning("delivery.enqueue_failed", error=f"{type(e).__name__}: {e}")

@@ -8,7 +8,13 @@ Provider endpoints (``docs/PROVIDER.md``; all of them in ``docs/SIMULATOR.md``),
 - ``POST /api/v1/veo/generate`` ``{"prompt", "model"?: "veo3" (default) | "veo3_fast" | any, "aspectRatio"?,
   "callBackUrl"?}`` → ``data.taskId`` (``veo_<32 hex>``).
 - ``GET /api/v1/veo/record-info?taskId=`` → the Veo record (see :func:`sim.payloads.veo_record`).
+- ``POST /api/v1/generate`` ``{"prompt", "model"?: "V4_5" (default) | ..., "customMode"?, "instrumental"?,
+  "style"?, "title"?, "callBackUrl"}`` (Suno; ``callBackUrl`` required) → ``data.taskId``.
+- ``GET /api/v1/generate/record-info?taskId=`` → the Suno record (see :func:`sim.payloads.suno_record`).
 - ``GET /api/v1/chat/credit`` → ``data`` = the balance (not rate limited).
+
+With ``--strict`` (:mod:`sim.models`) unknown models and fields a model does not take are refused with body code
+422. With ``--rate-limit-style body`` the limits answer HTTP 200 with body code 429 and no ``Retry-After``.
 
 Every answer is the envelope ``{"code", "msg", "data"}`` with HTTP 200 and the verdict in ``code`` (401 bad
 or missing key, 400 unreadable body or missing ``taskId``, 422 missing ``model``/``input``/``prompt``, 402
@@ -45,8 +51,9 @@ from starlette.routing import Route
 
 from sim.callbacks import CallbackSender
 from sim.directives import parse_directives
+from sim.models import STRING_INPUT, strict_refusal
 from sim.options import SimOptions
-from sim.payloads import envelope, jobs_record, number, veo_record
+from sim.payloads import envelope, jobs_record, number, suno_record, veo_record
 from sim.scheduler import Scheduler
 from sim.state import SimState, SlidingWindowLimiter, retry_after_header
 from sim.tasks import DEFAULT_SECONDS, Family, SimTask, infer_kind
@@ -54,6 +61,9 @@ from sim.tasks import DEFAULT_SECONDS, Family, SimTask, infer_kind
 __all__ = ["SimOptions", "create_app"]
 
 DEFAULT_VEO_MODEL = "veo3"
+DEFAULT_SUNO_MODEL = "V4_5"
+# "Not yet known" answers of the status endpoints, as the provider words them.
+_NULL_MESSAGES: dict[str, str] = {"jobs": "recordInfo is null", "veo": "record is null", "suno": "recordInfo is null"}
 
 # Messages of the codes a ``[sim:create=CODE]`` directive may ask for.
 _CREATE_MESSAGES = {
@@ -63,6 +73,7 @@ _CREATE_MESSAGES = {
     404: "Not found.",
     422: "Validation error: the input was rejected.",
     429: "Rate limit exceeded: too many requests, try again later.",
+    433: "The usage limit of this API key has been reached.",
     451: "The source image could not be fetched.",
     455: "Service unavailable: the system is under maintenance.",
     500: "Internal server error.",
@@ -104,8 +115,8 @@ class _Simulator:
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             return None
-        expected = self.options.api_key
-        if expected is not None and not hmac.compare_digest(token.encode(), expected.encode()):
+        accepted = self.options.api_keys
+        if accepted is not None and not any(hmac.compare_digest(token.encode(), k.encode()) for k in accepted):
             return None
         return token
 
@@ -114,7 +125,14 @@ class _Simulator:
         if wait is None:
             return None
         self.state.stats.rate_limited += 1
-        return _answer(429, _CREATE_MESSAGES[429], status=429, retry_after=retry_after_header(wait))
+        self.state.key_stats(key)["rateLimited"] += 1
+        return self._too_many(retry_after_header(wait))
+
+    def _too_many(self, retry_after: str) -> JSONResponse:
+        """A 429 in the configured style: HTTP 429 with ``Retry-After``, or HTTP 200 with body code 429."""
+        if self.options.rate_limit_style == "body":
+            return _answer(429, _CREATE_MESSAGES[429])
+        return _answer(429, _CREATE_MESSAGES[429], status=429, retry_after=retry_after)
 
     @staticmethod
     async def _json_object(request: Request) -> dict[str, Any]:
@@ -145,6 +163,10 @@ class _Simulator:
         """``POST /api/v1/veo/generate``."""
         return await self._create(request, "veo")
 
+    async def suno_generate(self, request: Request) -> JSONResponse:
+        """``POST /api/v1/generate`` (Suno)."""
+        return await self._create(request, "suno")
+
     async def _create(self, request: Request, family: Family) -> JSONResponse:
         key = self._caller_key(request)
         if key is None:
@@ -156,6 +178,11 @@ class _Simulator:
             body = await self._json_object(request)
             model, prompt = self._model_and_prompt(body, family)
             callback_url = self._callback_url(body)
+            if family == "suno" and callback_url is None:
+                raise _BadRequest(422, "callBackUrl is required.")
+            refusal = strict_refusal(family, model, body) if self.options.strict else None
+            if refusal is not None:
+                raise _BadRequest(422, refusal)
         except _BadRequest as exc:
             return _answer(exc.code, exc.msg)
         directives = parse_directives(prompt)
@@ -163,20 +190,20 @@ class _Simulator:
         if code is not None and code != 200:
             msg = _CREATE_MESSAGES.get(code, f"Simulated error (code {code}).")
             if code == 429:
-                return _answer(429, msg, status=429, retry_after="1")
+                return self._too_many("1")
             return _answer(code, msg)
         cost = self.options.cost_per_task
         if not self.state.try_spend(cost):
             return _answer(402, _CREATE_MESSAGES[402])
-        kind = infer_kind(model)
+        kind = "audio" if family == "suno" else infer_kind(model)
         seconds = directives.seconds if directives.seconds is not None else DEFAULT_SECONDS[kind]
         hex_id = uuid.uuid4().hex
         task = SimTask(
-            task_id=hex_id if family == "jobs" else f"veo_{hex_id}",
+            task_id=f"veo_{hex_id}" if family == "veo" else hex_id,
             family=family,
             model=model,
             prompt=prompt,
-            param=json.dumps(body, ensure_ascii=False, separators=(",", ":")),
+            param=_echo(body, family, model),
             kind=kind,
             created_at=self.state.clock(),
             duration=seconds * self.options.time_scale,
@@ -189,6 +216,10 @@ class _Simulator:
             garbage=directives.garbage,
             query_code=directives.query_code,
             unknown_state=directives.state,
+            null_queries=directives.null_queries,
+            query_body_code=directives.query_body_code,
+            callbacks=directives.callbacks,
+            key=key,
         )
         self.state.add(task)
         self.callbacks.task_created(task)
@@ -204,7 +235,7 @@ class _Simulator:
             prompt = payload.get("prompt")
             prompt_name = "input.prompt"
         else:
-            model = body.get("model", DEFAULT_VEO_MODEL)
+            model = body.get("model", DEFAULT_VEO_MODEL if family == "veo" else DEFAULT_SUNO_MODEL)
             prompt = body.get("prompt")
             prompt_name = "prompt"
         if not isinstance(model, str) or not model.strip():
@@ -223,6 +254,10 @@ class _Simulator:
         """``GET /api/v1/veo/record-info?taskId=``."""
         return await self._query(request, "veo")
 
+    async def suno_record_info(self, request: Request) -> Response:
+        """``GET /api/v1/generate/record-info?taskId=`` (Suno)."""
+        return await self._query(request, "suno")
+
     async def _query(self, request: Request, family: Family) -> Response:
         key = self._caller_key(request)
         if key is None:
@@ -231,22 +266,31 @@ class _Simulator:
         if limited is not None:
             return limited
         self.state.stats.queries += 1
+        self.state.key_stats(key)["queries"] += 1
         task_id = request.query_params.get("taskId", "").strip()
         if not task_id:
             return _answer(400, "taskId parameter is required")
         task = self.state.tasks.get(task_id)
-        if task is None or task.family != family:
+        # A task belongs to the key (the provider account) that created it: another key does not see it.
+        if task is None or task.family != family or (task.key and task.key != key):
             return _answer(404, "Task not found")
         task.queries += 1
+        if task.queries <= task.null_queries:
+            return _answer(422, _NULL_MESSAGES[family])
         if task.queries % 2 == 0:
             faulty = await self._query_fault(task)
             if faulty is not None:
                 return faulty
         now = self.state.clock()
-        data = jobs_record(task, now) if family == "jobs" else veo_record(task, now)
+        if family == "jobs":
+            data = jobs_record(task, now)
+        elif family == "veo":
+            data = veo_record(task, now)
+        else:
+            data = suno_record(task, now)
         reported = task.reported_state(now)
         if reported != task.state(now):
-            data["state" if family == "jobs" else "successFlag"] = reported
+            data[{"jobs": "state", "veo": "successFlag", "suno": "status"}[family]] = reported
         return _answer(200, "success", data)
 
     @staticmethod
@@ -261,6 +305,9 @@ class _Simulator:
             code = task.query_code
             msg = _CREATE_MESSAGES.get(code, f"Simulated error (code {code}).")
             return _answer(code, msg, status=code, retry_after="1" if code == 429 else None)
+        if task.query_body_code is not None:
+            code = task.query_body_code
+            return _answer(code, _CREATE_MESSAGES.get(code, f"Simulated error (code {code})."))
         if task.flaky:
             return _answer(500, "Internal server error (simulated: flaky task).", status=500)
         return None
@@ -321,6 +368,17 @@ class _Simulator:
                 await asyncio.gather(*background, return_exceptions=True)
 
 
+def _echo(body: dict[str, Any], family: Family, model: str) -> str:
+    """The request as the record echoes it (``param``/``paramJson``), a JSON string: for some jobs models its
+    ``input`` is itself a JSON string; Veo's echo carries no ``model`` (as the provider's documented example)."""
+    echoed = dict(body)
+    if family == "jobs" and model in STRING_INPUT and isinstance(echoed.get("input"), dict):
+        echoed["input"] = json.dumps(echoed["input"], ensure_ascii=False, separators=(",", ":"))
+    if family == "veo":
+        echoed.pop("model", None)
+    return json.dumps(echoed, ensure_ascii=False, separators=(",", ":"))
+
+
 def create_app(options: SimOptions | None = None) -> Starlette:
     """Build a simulator app; each call has its own tasks, stats, balance and rate windows."""
     sim = _Simulator(options or SimOptions())
@@ -329,6 +387,8 @@ def create_app(options: SimOptions | None = None) -> Starlette:
         Route("/api/v1/jobs/recordInfo", sim.record_info, methods=["GET"]),
         Route("/api/v1/veo/generate", sim.veo_generate, methods=["POST"]),
         Route("/api/v1/veo/record-info", sim.veo_record_info, methods=["GET"]),
+        Route("/api/v1/generate", sim.suno_generate, methods=["POST"]),
+        Route("/api/v1/generate/record-info", sim.suno_record_info, methods=["GET"]),
         Route("/api/v1/chat/credit", sim.credit, methods=["GET"]),
         Route("/__sim/stats", sim.stats, methods=["GET"]),
         Route("/__sim/reset", sim.reset, methods=["POST"]),

@@ -7,6 +7,12 @@ Recognised (several may share one prompt, in any order, anywhere in the text; ca
 - ``[sim:create=CODE]``: the create call answers body code ``CODE`` (an integer) and creates nothing.
 - ``[sim:nocallback]``: no callback is sent for the task.
 - ``[sim:flaky]``: every second status query of the task answers HTTP 500.
+- ``[sim:null=N]``: the first ``N`` status queries answer HTTP 200 with ``{"code": 422, "msg": "recordInfo is
+  null", "data": null}`` (Veo: ``record is null``), as the provider does right after a create.
+- ``[sim:querybody=CODE]``: every second status query answers HTTP 200 with body code ``CODE`` (100-999, e.g.
+  401, 404, 500) and no record.
+- ``[sim:callbacks=N]``: the completion callback is delivered ``N`` times (1-10), as the provider sometimes does.
+- ``[sim:create=433]``, ``[sim:create=401]``, ...: see ``create`` above (433: a key's usage cap).
 
 Simulator extras, for fault tests (each acts on every second status query of the task, the 2nd, 4th, ..., so
 that a client that retries still sees the task end; ``[sim:state=NAME]`` excepted):
@@ -46,6 +52,9 @@ class Directives:
     garbage: bool = False
     query_code: int | None = None
     state: str | None = None
+    null_queries: int = 0
+    query_body_code: int | None = None
+    callbacks: int = 1
 
 
 def parse_directives(prompt: str) -> Directives:
@@ -59,6 +68,9 @@ def parse_directives(prompt: str) -> Directives:
     garbage = False
     query_code: int | None = None
     state: str | None = None
+    null_queries = 0
+    query_body_code: int | None = None
+    callbacks = 1
     for match in _MARKER.finditer(prompt):
         name = match.group(1).lower()
         value = match.group(2)
@@ -88,6 +100,12 @@ def parse_directives(prompt: str) -> Directives:
             query_code = int(value)
         elif name == "state" and value and _FAIL_CODE.fullmatch(value):
             state = value
+        elif name == "null" and value and value.isdigit():
+            null_queries = min(int(value), 1000)
+        elif name == "querybody" and value and value.isdigit() and 100 <= int(value) <= 999:
+            query_body_code = int(value)
+        elif name == "callbacks" and value and value.isdigit() and 1 <= int(value) <= 10:
+            callbacks = int(value)
     return Directives(
         seconds=seconds,
         fail_code=fail_code,
@@ -98,6 +116,9 @@ def parse_directives(prompt: str) -> Directives:
         garbage=garbage,
         query_code=query_code,
         state=state,
+        null_queries=null_queries,
+        query_body_code=query_body_code,
+        callbacks=callbacks,
     )
 
 

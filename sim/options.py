@@ -10,7 +10,8 @@ class SimOptions:
     """How one simulator instance behaves.
 
     Attributes:
-        api_key: the only bearer key accepted; ``None`` accepts any non-empty key (``--api-key``).
+        api_key: the only bearer key accepted, or a comma-separated list of them; ``None`` accepts any non-empty
+            key (``--api-key``). Every key has its own rate windows, as the provider's do.
         credits: the provider balance at start and after ``POST /__sim/reset`` (``--credits``).
         time_scale: multiplies every task duration and the callback retry delay (``--time-scale``);
             rate-limit windows are real time and are not scaled.
@@ -22,6 +23,12 @@ class SimOptions:
             balance below this answers body code 402 and creates nothing.
         callback_tries: deliveries attempted per finished task with a ``callBackUrl`` before giving up.
         callback_retry_delay: seconds between two tries of one callback, multiplied by ``time_scale``.
+        strict: refuse (body code 422) models the catalogue does not know and fields a model does not take
+            (``--strict``; see :mod:`sim.models`).
+        rate_limit_style: ``"http"`` answers the limits with HTTP 429 and ``Retry-After``; ``"body"`` with HTTP
+            200, body code 429 and no ``Retry-After`` (``--rate-limit-style``).
+        callback_key: when set, callbacks are signed with it: ``X-Webhook-Timestamp`` (unix seconds) and
+            ``X-Webhook-Signature`` = base64(HMAC-SHA256(key, taskId + "." + timestamp)) (``--callback-key``).
     """
 
     api_key: str | None = None
@@ -32,6 +39,16 @@ class SimOptions:
     cost_per_task: float = 1.0
     callback_tries: int = 3
     callback_retry_delay: float = 1.0
+    strict: bool = False
+    rate_limit_style: str = "http"
+    callback_key: str | None = None
+
+    @property
+    def api_keys(self) -> frozenset[str] | None:
+        """The accepted bearer keys, or None for any non-empty key."""
+        if self.api_key is None:
+            return None
+        return frozenset(k.strip() for k in self.api_key.split(",") if k.strip())
 
     def __post_init__(self) -> None:
         if self.time_scale < 0:
@@ -42,3 +59,5 @@ class SimOptions:
             raise ValueError("callback_tries must be >= 1")
         if self.cost_per_task < 0 or self.callback_retry_delay < 0:
             raise ValueError("cost_per_task and callback_retry_delay must be >= 0")
+        if self.rate_limit_style not in ("http", "body"):
+            raise ValueError("rate_limit_style must be http or body")

@@ -84,7 +84,15 @@ class SimState:
         self.balance: float = options.credits
         self.create_limiter = SlidingWindowLimiter(options.create_limit, CREATE_WINDOW_SECONDS)
         self.query_limiter = SlidingWindowLimiter(options.query_limit, QUERY_WINDOW_SECONDS)
+        self.by_key: dict[str, dict[str, int]] = {}
         self.generation = 0
+
+    def key_stats(self, key: str) -> dict[str, int]:
+        """The counters of one bearer key (creates, queries, rateLimited), made on first use."""
+        found = self.by_key.get(key)
+        if found is None:
+            found = self.by_key[key] = {"creates": 0, "queries": 0, "rateLimited": 0}
+        return found
 
     def reset(self) -> None:
         """Forget tasks, stats and rate windows, and put the balance back to ``options.credits``."""
@@ -93,6 +101,7 @@ class SimState:
         self.balance = self.options.credits
         self.create_limiter.clear()
         self.query_limiter.clear()
+        self.by_key.clear()
         self.generation += 1
 
     def try_spend(self, amount: float) -> bool:
@@ -106,6 +115,7 @@ class SimState:
         """Store an accepted task and count the create."""
         self.tasks[task.task_id] = task
         self.stats.creates += 1
+        self.key_stats(task.key)["creates"] += 1
 
     def is_current(self, task: SimTask, generation: int) -> bool:
         """True when ``task`` is still stored and no reset happened since ``generation``."""
@@ -122,6 +132,7 @@ class SimState:
             "callbacksSent": stats.callbacks_sent,
             "callbacksFailed": stats.callbacks_failed,
             "callbackAttempts": stats.callback_attempts,
+            "keys": {k: dict(v) for k, v in self.by_key.items()},
             "tasks": {
                 task_id: {
                     "queries": task.queries,
@@ -129,6 +140,7 @@ class SimState:
                     "prompt": task.prompt,
                     "model": task.model,
                     "family": task.family,
+                    "key": task.key,
                 }
                 for task_id, task in self.tasks.items()
             },

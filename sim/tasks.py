@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Family = Literal["jobs", "veo"]
+Family = Literal["jobs", "veo", "suno"]
 Kind = Literal["image", "video", "audio"]
 State = Literal["waiting", "generating", "success", "fail"]
 
@@ -71,6 +71,10 @@ class SimTask:
     garbage: bool = False
     query_code: int | None = None
     unknown_state: str | None = None
+    null_queries: int = 0  # [sim:null=N]: the first N status queries answer "recordInfo is null"
+    query_body_code: int | None = None  # [sim:querybody=CODE]: every second query answers body code CODE
+    callbacks: int = 1  # [sim:callbacks=N]: the completion callback is delivered N times
+    key: str = ""  # the bearer key that created it
     queries: int = 0
 
     @property
@@ -128,5 +132,19 @@ class SimTask:
         return self.created_at
 
     def result_urls(self) -> list[str]:
-        """The result URLs of a successful task (one file, extension by kind: png, mp4 or mp3)."""
-        return [f"{RESULT_BASE_URL}/{self.task_id}/0.{_RESULT_EXTENSION[self.kind]}"]
+        """The result URLs of a successful task: one file (extension by kind: png, mp4 or mp3); a Suno task
+        makes two tracks."""
+        count = 2 if self.family == "suno" else 1
+        return [f"{RESULT_BASE_URL}/{self.task_id}/{i}.{_RESULT_EXTENSION[self.kind]}" for i in range(count)]
+
+    def suno_stage(self, now: float) -> int:
+        """How far a Suno task got at ``now``: 0 pending, 1 lyrics (``TEXT_SUCCESS``), 2 first track
+        (``FIRST_SUCCESS``), 3 done (``SUCCESS`` or its failure). The stages split the duration in thirds."""
+        if self.is_done(now):
+            return 3
+        elapsed = max(0.0, now - self.created_at)
+        return min(2, int(elapsed / self.duration * 3)) if self.duration > 0 else 2
+
+    def stage_at(self, stage: int) -> float:
+        """When a Suno task reaches ``stage`` (1 or 2; 3 is :attr:`finished_at`)."""
+        return self.created_at + self.duration * stage / 3

@@ -223,9 +223,12 @@ class Processes:
             time.sleep(0.1)
         raise RuntimeError(f"{proc.name} did not answer {path} in {timeout}s:\n{proc.output()[-3000:]}")
 
-    def sim(self, *args: str) -> Proc:
+    def sim(self, *args: str, strict: bool = True) -> Proc:
+        """Start ``creditq sim`` (``--strict`` unless told otherwise: the project's tests speak to a simulator
+        that refuses what the real provider refuses)."""
         port = free_port()
-        proc = self.start("sim", "sim", "--port", str(port), *args, url=f"http://127.0.0.1:{port}")
+        extra = ("--strict",) if strict else ()
+        proc = self.start("sim", "sim", "--port", str(port), *extra, *args, url=f"http://127.0.0.1:{port}")
         self.wait_http(proc, "/__sim/stats")
         self.env["KIE_BASE_URL"] = proc.url
         return proc

@@ -318,7 +318,10 @@ def sent_to_provider(sim_url: str, family: str, provider_task_id: str) -> dict[s
         time.sleep(0.2)
     data = answer["data"]
     raw = data.get("paramJson", data.get("param"))
-    return dict(json.loads(raw) if isinstance(raw, str) else raw)
+    sent = dict(json.loads(raw) if isinstance(raw, str) else raw)
+    if isinstance(sent.get("input"), str):  # some models echo their input as a JSON string, as the provider does
+        sent["input"] = json.loads(sent["input"])
+    return sent
 
 
 @pytest.mark.slow

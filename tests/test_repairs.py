@@ -12,6 +12,7 @@ from starlette.routing import Route
 from shared import limits, queue
 from shared.config import Settings
 from shared.ledger import audit, tasks
+from shared.ledger import webhooks as outbox
 from shared.pricing import load
 from shared.repairs import fixers, repairing
 from tests.apiserver import IMAGE, serve
@@ -80,7 +81,9 @@ async def test_stuck_task_ends_as_the_worker_ends_it(
         assert await account_state(pool, acct.id) == (100, 0)
         # The slot is free again (its own deadline in Redis is still ahead: only a release frees it now).
         assert (await limits.usage(redis, settings, acct.id, tier))["concurrentJobs"]["used"] == 0
-        # The client heard of the ending once, with the task view.
-        assert [(b["taskId"], b["status"], b["charged"]) for b in received] == [(task_id, "failed", 0)]
+        # The client's webhook of the ending is in the outbox (written with the ending) and scheduled in Redis.
+        (delivery,) = await outbox.for_task(pool, task_id)
+        assert (delivery["type"], delivery["status"], delivery["url"]) == ("job.failed", "pending", f"{rcv.url}/done")
+        assert await redis.exists(f"arq:job:{queue.delivery_job_id(delivery['id'])}")
     finally:
         await redis.aclose()

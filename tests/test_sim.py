@@ -245,9 +245,12 @@ class TestJobsLifecycle:
 
         first = await sim.data(task_id)
         assert first["state"] == "waiting"
-        assert first["resultJson"] == ""
-        assert first["completeTime"] is None
-        assert first["failCode"] == ""
+        # While a task waits, the real record has no resultJson and null codes, times and credits.
+        assert "resultJson" not in first
+        assert first["completeTime"] is None and first["costTime"] is None
+        assert first["failCode"] is None and first["failMsg"] is None
+        assert first["creditsConsumed"] is None
+        assert "progress" not in first  # nano-banana reports none
         assert first["taskId"] == task_id
         assert first["model"] == "google/nano-banana"
         assert json.loads(first["param"]) == {
@@ -258,12 +261,11 @@ class TestJobsLifecycle:
         await asyncio.sleep(0.25)
         middle = await sim.data(task_id)
         assert middle["state"] == "generating"
-        assert 0 < middle["progress"] < 100
 
         await asyncio.sleep(0.6)
         done = await sim.data(task_id)
         assert done["state"] == "success"
-        assert done["progress"] == 100
+        assert done["creditsConsumed"] == 1
         assert done["failCode"] == ""
         assert done["failMsg"] == ""
         assert json.loads(done["resultJson"]) == {"resultUrls": [f"https://sim.local/results/{task_id}/0.png"]}
@@ -630,9 +632,10 @@ class TestCallbacks:
         assert data["state"] == "success"
         assert json.loads(data["resultJson"]) == {"resultUrls": [f"https://sim.local/results/{task_id}/0.png"]}
         assert json.loads(data["param"])["callBackUrl"] == receiver.to("ok/a")
-        assert data["consumeCredits"] == 1
+        assert data["creditsConsumed"] == 1
         assert data["remainedCredits"] == 1_000_000 - 1
-        for name in ("costTime", "createTime", "completeTime", "updateTime"):
+        assert data["costTime"] == pytest.approx(0.2, abs=0.01)  # seconds in a callback
+        for name in ("createTime", "completeTime", "updateTime"):
             assert isinstance(data[name], int)
         stats = await sim.stats()
         assert stats["queries"] == 0
@@ -647,7 +650,8 @@ class TestCallbacks:
         assert body["msg"] == body["data"]["failMsg"]
         assert body["data"]["state"] == "fail"
         assert body["data"]["failCode"] == "422"
-        assert body["data"]["resultJson"] == ""
+        assert body["data"]["resultJson"] is None
+        assert body["data"]["creditsConsumed"] == 0
 
     async def test_veo_callbacks(self, sim: Sim, receiver: Receiver) -> None:
         ok_id = await sim.veo_id("[sim:seconds=1]", callback=receiver.to("ok/veo"))
@@ -730,7 +734,9 @@ class TestStatsAndReset:
             "prompt": "first [sim:seconds=100]",
             "model": "google/nano-banana",
             "family": "jobs",
+            "key": KEY,
         }
+        assert stats["keys"] == {KEY: {"creates": 2, "queries": 3, "rateLimited": 0}}
         assert stats["tasks"][veo_id]["state"] == "success"
         assert stats["tasks"][veo_id]["queries"] == 1
 
@@ -751,6 +757,7 @@ class TestStatsAndReset:
             "callbacksSent": 0,
             "callbacksFailed": 0,
             "callbackAttempts": 0,
+            "keys": {},
             "tasks": {},
         }
         assert (await sim.record(task_id)).json()["code"] == 404
@@ -800,3 +807,129 @@ class TestScheduler:
             runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await runner
+
+
+# -- the simulator as hard as the provider --
+
+
+def _hmac_b64(key: str, message: str) -> str:
+    import base64
+    import hashlib
+    import hmac
+
+    return base64.b64encode(hmac.new(key.encode(), message.encode(), hashlib.sha256).digest()).decode()
+
+
+class TestStrict:
+    async def test_unknown_models_and_fields_are_refused_with_422(self, start_sim: StartSim) -> None:
+        sim = await start_sim(SimOptions(time_scale=0.05, strict=True))
+        refused = [
+            ("/api/v1/jobs/createTask", {"model": "some/model", "input": {"prompt": "x"}}),
+            ("/api/v1/jobs/createTask", {"model": "google/nano-banana", "input": {"prompt": "x", "n": 2}}),
+            ("/api/v1/jobs/createTask", {"model": "google/nano-banana", "input": {"prompt": "x"}, "extra": 1}),
+            ("/api/v1/veo/generate", {"prompt": "x", "model": "veo3_fast", "aspectRatio": "16:9"}),
+            ("/api/v1/veo/generate", {"prompt": "x", "model": "veo9"}),
+            ("/api/v1/generate", {"prompt": "x", "model": "V4_5", "customMode": False, "instrumental": False}),
+            ("/api/v1/generate", {"prompt": "x", "model": "V4_5", "callBackUrl": "https://h/c", "lyrics": "la"}),
+        ]
+        for path, body in refused:
+            r = await sim.http.post(path, json=body, headers=_auth(KEY))
+            assert r.status_code == 200 and r.json()["code"] == 422, (path, body, r.text)
+        accepted = [
+            ("/api/v1/jobs/createTask", {"model": "google/nano-banana", "input": {"prompt": "x", "image_size": "1:1"}}),
+            ("/api/v1/veo/generate", {"prompt": "x", "model": "veo3", "aspect_ratio": "16:9", "resolution": "4k"}),
+            ("/api/v1/generate", {"prompt": "x", "model": "V4_5", "instrumental": True, "callBackUrl": "https://h/c"}),
+        ]
+        for path, body in accepted:
+            r = await sim.http.post(path, json=body, headers=_auth(KEY))
+            assert r.json()["code"] == 200, (path, body, r.text)
+        assert (await sim.stats())["creates"] == 3
+
+    async def test_suno_without_callback_is_refused_even_when_lenient(self, sim: Sim) -> None:
+        r = await sim.http.post("/api/v1/generate", json={"prompt": "x"}, headers=_auth(KEY))
+        assert r.json()["code"] == 422 and "callBackUrl" in r.json()["msg"]
+
+
+class TestSuno:
+    async def test_record_info_walks_the_stages_and_callbacks_come_in_stages(
+        self, sim: Sim, receiver: Receiver
+    ) -> None:
+        body = {"prompt": "a song [sim:seconds=12]", "model": "V4_5", "callBackUrl": receiver.to("ok/suno")}
+        created = (await sim.http.post("/api/v1/generate", json=body, headers=_auth(KEY))).json()
+        task_id = created["data"]["taskId"]
+
+        async def record() -> Json:
+            r = await sim.http.get("/api/v1/generate/record-info", params={"taskId": task_id}, headers=_auth(KEY))
+            data: Json = r.json()["data"]
+            return data
+
+        first = await record()
+        assert first["status"] == "PENDING" and first["response"] is None
+        assert json.loads(first["param"])["model"] == "V4_5"
+        bodies = await receiver.wait_for("ok/suno", 3)
+        assert [b["data"]["callbackType"] for b in bodies] == ["text", "first", "complete"]
+        assert all(b["data"]["task_id"] == task_id for b in bodies)
+        assert [t["audio_url"] != "" for t in bodies[1]["data"]["data"]] == [True, False]
+        done = await record()
+        assert done["status"] == "SUCCESS" and done["errorCode"] is None
+        urls = [t["audioUrl"] for t in done["response"]["sunoData"]]
+        assert len(urls) == 2 and all(u.endswith(".mp3") for u in urls)
+
+    async def test_failure(self, sim: Sim, receiver: Receiver) -> None:
+        body = {"prompt": "[sim:seconds=1][sim:fail=SENSITIVE_WORD_ERROR]", "callBackUrl": receiver.to("ok/sf")}
+        task_id = (await sim.http.post("/api/v1/generate", json=body, headers=_auth(KEY))).json()["data"]["taskId"]
+        [cb] = await receiver.wait_for("ok/sf", 1)
+        assert cb["code"] == 501 and cb["data"]["callbackType"] == "error"
+        r = await sim.http.get("/api/v1/generate/record-info", params={"taskId": task_id}, headers=_auth(KEY))
+        assert r.json()["data"]["status"] == "SENSITIVE_WORD_ERROR"
+
+
+class TestHardDirectives:
+    async def test_null_then_record(self, sim: Sim) -> None:
+        task_id = await sim.create_id("x [sim:null=2]")
+        for _ in range(2):
+            assert (await sim.record(task_id)).json() == {"code": 422, "msg": "recordInfo is null", "data": None}
+        assert (await sim.record(task_id)).json()["code"] == 200
+        veo_id = await sim.veo_id("x [sim:null=1]")
+        assert (await sim.veo_record(veo_id)).json()["msg"] == "record is null"
+
+    async def test_querybody_every_second_query(self, sim: Sim) -> None:
+        task_id = await sim.create_id("x [sim:querybody=401] [sim:seconds=100]")
+        answers = [(await sim.record(task_id)) for _ in range(4)]
+        assert [(r.status_code, r.json()["code"]) for r in answers] == [(200, 200), (200, 401)] * 2
+
+    async def test_callbacks_n_times_signed(self, start_sim: StartSim) -> None:
+        seen: list[tuple[Json, dict[str, str]]] = []
+
+        async def hook(request: Request) -> JSONResponse:
+            seen.append((await request.json(), dict(request.headers)))
+            return JSONResponse({"ok": True})
+
+        async with serve(Starlette(routes=[Route("/cb", hook, methods=["POST"])])) as url:
+            sim = await start_sim(SimOptions(time_scale=0.05, callback_key="whk"))
+            task_id = await sim.create_id("x [sim:callbacks=3] [sim:seconds=1]", callback=f"{url}/cb")
+            deadline = time.monotonic() + 5
+            while len(seen) < 3:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+        assert all(body["data"]["taskId"] == task_id for body, _ in seen)
+        for _, headers in seen:
+            stamp = headers["x-webhook-timestamp"]
+            assert abs(int(stamp) - time.time()) < 10
+            assert headers["x-webhook-signature"] == _hmac_b64("whk", f"{task_id}.{stamp}")
+
+    async def test_body_style_rate_limit(self, start_sim: StartSim) -> None:
+        sim = await start_sim(SimOptions(create_limit=1, query_limit=1, rate_limit_style="body"))
+        await sim.create_id("x")
+        limited = await sim.create("y")
+        assert limited.status_code == 200 and limited.json()["code"] == 429
+        assert "retry-after" not in limited.headers
+        stats = await sim.stats()
+        assert stats["rateLimited"] == 1 and stats["keys"][KEY]["rateLimited"] == 1
+
+    async def test_a_task_belongs_to_the_key_that_created_it(self, start_sim: StartSim) -> None:
+        sim = await start_sim(SimOptions(api_key="a,b", time_scale=0.05))
+        task_id = await sim.create_id("x", key="a")
+        assert (await sim.record(task_id, key="a")).json()["code"] == 200
+        assert (await sim.record(task_id, key="b")).json()["code"] == 404
+        assert (await sim.record(task_id, key="c")).json()["code"] == 401

@@ -24,11 +24,12 @@ from arq.connections import ArqRedis
 from shared import queue
 from shared.config import Settings
 from shared.ledger import audit, tasks
+from shared.ledger import webhooks as outbox
 from shared.pricing import Model, load
 from shared.ratelimit import Circuit
 from tests.apiserver import free_port
 from tests.conftest import MakeAccount, Processes
-from worker import jobs, schedule
+from worker import deliveries, jobs, schedule
 from worker.runtime import Runtime, close_runtime, open_runtime
 
 IMAGE = "google/nano-banana"  # cost 4
@@ -232,11 +233,18 @@ async def test_step_twice_settles_once(
     assert await account_state(pool, acct.id) == (6, 0)
     assert sim_stats(sim.url)["creates"] == 1
     await clean_audit(pool, [acct.id])
-    # The client heard of the end once, with the task view.
+    # One end, one webhook in the outbox (written with the settlement); delivered, it carries the task view.
+    (delivery,) = await outbox.for_task(pool, task_id)
+    assert delivery["type"] == "job.succeeded" and delivery["status"] == "pending"
+    rt.settings = dataclasses.replace(rt.settings, allow_private_callbacks=True)
+    assert await deliveries.attempt(rt, delivery["id"]) == ("delivered", None)
+    assert await deliveries.attempt(rt, delivery["id"]) == ("delivered", None)  # a re-run sends nothing more
     server.close()
     assert len(received) == 1
-    assert received[0]["taskId"] == task_id and received[0]["status"] == "succeeded"
-    assert received[0]["charged"] == 4 and received[0]["result"]["urls"]
+    assert received[0]["type"] == "job.succeeded"
+    view = received[0]["data"]
+    assert view["taskId"] == task_id and view["status"] == "succeeded"
+    assert view["charged"] == 4 and view["result"]["urls"]
 
 
 async def test_interrupted_create_is_never_repeated(

@@ -3,12 +3,19 @@
 Postgres is the truth: every step starts by reading the task, so a step run twice, late, or by two workers at once
 does no harm. Money moves only in ``ledger.tasks.finish`` (exactly once, guarded by the task's status).
 
-    queued   circuit open → look again later; else claim the create (the intent is recorded), take a create
-             token, create; success → running; refused → failed (refund); out of credits → open the circuit,
-             back to queued; transient → back to queued with backoff
-    running  take a query token, one status query: succeeded → captured; failed → refunded (never
-             resubmitted); pending → next check on the adaptive schedule (worker/schedule.py)
-    any      past the deadline → failed ``provider_timeout`` (refund)
+    queued   take a create token of a provider key whose circuit is closed (every circuit open → look again
+             later), claim the create with that key (the intent is recorded), create; success → running;
+             refused for the task → failed (refund); refused for the key or account (401, 402, 433) → open
+             that key's circuit, back to queued (another key may take it); transient → back to queued with
+             backoff
+    running  take a query token of the key that created it, one status query: succeeded → captured; failed →
+             refunded (never resubmitted); pending → next check on the adaptive schedule (worker/schedule.py);
+             the query failed (401, 404, "recordInfo is null", 5xx, anything) → look again with backoff: only
+             the provider's verdict or the deadline ends a task
+    any      past the deadline → one last status query, then failed ``provider_timeout`` (refund)
+
+The worker does not know which provider family it drives: :mod:`shared.families` builds the requests and
+reads the answers.
 
 A crash between create and record. ``claim_submit`` stamps ``submit_started_at`` before the create call, and
 ``mark_running`` clears it with the provider's task id after. A task found ``queued`` with that stamp may have a
@@ -16,9 +23,10 @@ provider task nobody recorded (the worker died, the step timed out, Postgres was
 answer), and creating it again could run and bill it twice. So it is never created again:
 
 1. If a provider task id was noted for it in Redis (the worker notes it right after the create answers; the API
-   notes the id a provider callback carries), it is checked with one status query whose ``param`` echoes our
-   request (the callback URL naming our task, or the same model and prompt); a match resumes the task as
-   ``running``.
+   notes the id a provider callback carries), it is checked with one status query (with the key the claim
+   recorded) whose ``param`` echoes our request (the callback URL naming our task, or the same prompt, and the
+   model when the echo has one; ``param`` and its ``input`` may be JSON strings); a match resumes the task as
+   ``running``. A query that fails is tried again later.
 2. Otherwise, until ``KIE_TIMEOUT`` + the create-token wait + 5 s have passed since the stamp, the create may
    still be in flight: look again then.
 3. After that, with callbacks (``CREDITQ_PUBLIC_URL`` set) the provider will call back when its task ends, and
@@ -34,22 +42,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import quote
 
 import asyncpg
 import structlog
 from arq import Retry
 from redis.exceptions import RedisError
 
-from shared import db, metrics, queue, settlement
+from shared import db, families, metrics, queue, settlement
 from shared.errors import (
     NotFound,
+    ProviderAccountRefused,
     ProviderError,
-    ProviderOutOfCredits,
     ProviderPermanent,
     ProviderTransient,
     Unavailable,
@@ -57,7 +66,7 @@ from shared.errors import (
 from shared.ledger import tasks
 from shared.pricing import Model
 from shared.provider import CreateOutcomeUnknown, ProviderStatus, note_provider_task, noted_provider_task
-from shared.ratelimit import Kind
+from shared.ratelimit import Kind, ProviderKey
 from worker import schedule
 from worker.runtime import Runtime
 
@@ -66,9 +75,14 @@ log = structlog.get_logger("creditq.worker")
 CREATE_TOKEN_WAIT = 2.0  # seconds a step may wait for a create token before re-scheduling itself
 QUERY_TOKEN_WAIT = 1.0
 CIRCUIT_COOLDOWN = 60.0  # an open circuit closes by itself after this, so that a create probes the provider
+# Why a key's circuit opens, by the create's answer; a usage cap (433) lasts hours, so it is probed less often.
+CIRCUIT_REASONS = {401: "provider_unauthorized", 402: "provider_out_of_credits", 433: "provider_usage_cap"}
+CIRCUIT_COOLDOWNS = {433: 300.0}
 CIRCUIT_RECHECK = (3.0, 6.0)  # a queued task looks at an open circuit again after this many seconds
 POKE_RECHECKS = queue.POKE_RECHECKS  # a poke that finds the task still pending looks again, 2-3 s apart
 STEP_SLACK = 7.0  # a step's own time budget beyond KIE_TIMEOUT (token waits, a few statements)
+STATUS_BACKOFF_BASE = 2.0  # a failed status query: look again after 1-2 s, then 2-4, 4-8... up to 30-60 s
+STATUS_BACKOFF_CAP = 60.0
 
 Log = Any  # a bound structlog logger
 _OUTAGES: tuple[type[BaseException], ...] = (Unavailable, RedisError, *db.CONNECTION_ERRORS)
@@ -156,23 +170,25 @@ async def _submit(rt: Runtime, task: asyncpg.Record, model: Model, tlog: Log) ->
     task_id = task["id"]
     if task["submit_started_at"] is not None:
         return await _interrupted(rt, task, model, tlog)
-    if await rt.circuit.is_open():
-        await _later(rt, task, random.uniform(*CIRCUIT_RECHECK), write=True)
-    claimed = await tasks.claim_submit(rt.pool, task_id)
+    # The token comes first: it says which key creates, and the claim records that key with the intent.
+    token = rt.budget.new_token()
+    key, wait = await _take_create(rt, token)
+    if key is None:
+        if math.isinf(wait):  # every key's circuit is open: the task stays queued, nothing is failed for it
+            await _later(rt, task, random.uniform(*CIRCUIT_RECHECK), write=True)
+        await _later(rt, task, wait + random.uniform(0, 1.0), write=True)
+    claimed = await tasks.claim_submit(rt.pool, task_id, key.id)
     if claimed is None:
         # Another step holds the claim (or the task just left queued): the next look sees which.
+        with contextlib.suppress(RedisError, OSError):
+            await key.budget.cancel("create", token)
         _retry(task, 1.0)
-    token = rt.budget.new_token()
-    wait = await _take(rt, "create", CREATE_TOKEN_WAIT, token)
-    if wait > 0:
-        delay = schedule.bounded(wait + random.uniform(0, 1.0), _until(task["deadline_at"]))
-        await tasks.abandon_submit(rt.pool, task_id, _at(delay), attempted=False)
-        raise Retry(defer=delay)
+    tlog = tlog.bind(provider_key=key.id)
     try:
         try:
-            provider_task_id = await rt.provider.create(model, dict(task["input"]), _callback_url(rt, task))
+            provider_task_id = await rt.provider.create(model, dict(task["input"]), _callback_url(rt, task), key.secret)
         finally:
-            await _done(rt, "create", token)
+            await _done(key, "create", token)
     except CreateOutcomeUnknown as e:
         # Maybe created: keep the intent so that nobody creates it again (see the module docstring).
         tlog.warning("task.create_unknown", error=e.message)
@@ -181,12 +197,16 @@ async def _submit(rt: Runtime, task: asyncpg.Record, model: Model, tlog: Log) ->
         return await settle(
             rt, task, "failed", tlog, error_code=e.code, error_message=f"the provider refused the task: {e.message}"
         )
-    except ProviderOutOfCredits as e:
-        delay = random.uniform(*CIRCUIT_RECHECK)
+    except ProviderAccountRefused as e:
+        # The key or its account, not the task: open this key's circuit; another key may take the task soon.
+        others = len(rt.keys.keys) > 1
+        delay = random.uniform(0.2, 1.0) if others else random.uniform(*CIRCUIT_RECHECK)
         await tasks.abandon_submit(rt.pool, task_id, _at(delay))
-        if await rt.circuit.open("provider_out_of_credits", CIRCUIT_COOLDOWN):
-            metrics.CIRCUIT_OPENED.labels("provider_out_of_credits").inc()
-            tlog.warning("circuit.open", reason="provider_out_of_credits", error=e.message)
+        code = e.provider_code or 0
+        reason = CIRCUIT_REASONS.get(code, "provider_account_refused")
+        if await key.circuit.open(reason, CIRCUIT_COOLDOWNS.get(code, CIRCUIT_COOLDOWN)):
+            metrics.CIRCUIT_OPENED.labels(reason).inc()
+            tlog.warning("circuit.open", reason=reason, error=e.message)
         _retry(task, delay)
     except ProviderTransient as e:
         delay = max(e.retry_after or 0.0, schedule.backoff(int(claimed["submit_attempts"])))
@@ -214,11 +234,9 @@ async def _interrupted(rt: Runtime, task: asyncpg.Record, model: Model, tlog: Lo
     except (RedisError, OSError):
         noted = None
     if noted is not None:
-        try:
-            st: ProviderStatus | None = await _status(rt, task, model, noted, tlog, polled=False)
-        except ProviderPermanent:
-            st = None  # e.g. "Task not found": whatever was noted is not a task of ours
-        if st is not None and _is_ours(st, task, model):
+        # A query that fails here is tried again later (Retry): "not found" right after a create proves nothing.
+        st = await _status(rt, task, model, noted, tlog, polled=False)
+        if _is_ours(st, task, model):
             if await tasks.mark_running(rt.pool, task_id, noted, _at(0)):
                 tlog.info("task.recovered", provider_task_id=noted)
             task = await tasks.get(rt.pool, task_id)
@@ -244,16 +262,12 @@ async def _interrupted(rt: Runtime, task: asyncpg.Record, model: Model, tlog: Lo
 
 
 def _is_ours(st: ProviderStatus, task: asyncpg.Record, model: Model) -> bool:
-    """Does the provider's echo of the create request (``param``) show our task? No echo: the note came from
-    our own worker or from a callback that carried our task's secret token, so it is believed."""
-    param = st.param
-    if param is None:
+    """Does the provider's echo of the create request (``param``) show our task (the family's adapter reads
+    it)? No echo: the note came from our own worker or from a callback that carried our task's secret token, so
+    it is believed."""
+    if st.param is None:
         return True
-    callback = param.get("callBackUrl")
-    if isinstance(callback, str) and callback:
-        return parse_qs(urlsplit(callback).query).get("task") == [task["id"]]
-    prompt = param.get("prompt") if model.family == "veo" else (param.get("input") or {}).get("prompt")
-    return bool(param.get("model") == model.model and prompt == task["input"].get("prompt"))
+    return families.get(model.family).is_ours(st.param, model, task["id"], task["input"])
 
 
 def _callback_url(rt: Runtime, task: asyncpg.Record) -> str | None:
@@ -274,33 +288,35 @@ async def _poll(rt: Runtime, task: asyncpg.Record, model: Model, tlog: Log, poke
         due = _until(task["next_check_at"])
         if due > 1.0:
             _retry(task, due)
-    try:
-        st = await _status(rt, task, model, task["provider_task_id"], tlog, polled=True)
-    except ProviderPermanent as e:
-        return await _provider_failed(rt, task, tlog, f"the provider refused the status query: {e.message}")
+    st = await _status(rt, task, model, task["provider_task_id"], tlog, polled=True)
     return await _apply(rt, task, st, tlog, poked, job_try)
 
 
 async def _status(
     rt: Runtime, task: asyncpg.Record, model: Model, provider_task_id: str, tlog: Log, polled: bool
 ) -> ProviderStatus:
-    """One status query under the shared budget (``polled``: counted in the task's polls). Re-schedules (raises
-    Retry) on a token wait or a transient error; raises ProviderPermanent when the provider refuses it."""
-    token = rt.budget.new_token()
-    wait = await _take(rt, "query", QUERY_TOKEN_WAIT, token)
+    """One status query with the task's provider key, under that key's budget (``polled``: counted in the
+    task's polls). Re-schedules (raises Retry) on a token wait, and on any failed query with a backoff that
+    grows with the failures in a row: whatever the provider answers there (401, 404, "recordInfo is null",
+    another body code, 5xx), the task may still finish and be billed, so only its verdict or the deadline ends
+    it."""
+    key = rt.keys.by_id(task["provider_key"])
+    token = key.budget.new_token()
+    wait = await _take(key, "query", QUERY_TOKEN_WAIT, token)
     if wait > 0:
         _retry(task, wait + random.uniform(0, 0.5))
     try:
         try:
-            return await rt.provider.status(model, provider_task_id)
+            return await rt.provider.status(model, provider_task_id, key.secret)
         finally:
-            await _done(rt, "query", token)
-    except (ProviderTransient, ProviderOutOfCredits) as e:
-        delay = max(e.retry_after or 0.0, random.uniform(2.0, 4.0))
-        if polled:
-            await tasks.schedule(rt.pool, task["id"], _at(delay), polled=True)
-        tlog.info("task.status_retry", error=e.message, retry_in=round(delay, 1))
-        _retry(task, delay)
+            await _done(key, "query", token)
+    except ProviderError as e:
+        errors = int(task["query_errors"]) + 1
+        delay = max(e.retry_after or 0.0, schedule.backoff(errors, base=STATUS_BACKOFF_BASE, cap=STATUS_BACKOFF_CAP))
+        delay = schedule.bounded(delay, _until(task["deadline_at"]))
+        await tasks.schedule(rt.pool, task["id"], _at(delay), polled=polled, query_ok=False)
+        tlog.info("task.status_retry", error=e.message, code=e.provider_code, errors=errors, retry_in=round(delay, 1))
+        raise Retry(defer=delay) from None
 
 
 async def _apply(rt: Runtime, task: asyncpg.Record, st: ProviderStatus, tlog: Log, poked: bool, job_try: int) -> str:
@@ -317,7 +333,9 @@ async def _apply(rt: Runtime, task: asyncpg.Record, st: ProviderStatus, tlog: Lo
     if poked:
         # The callback said "done" but the record is not there yet: look again soon, a few times; the task's
         # own job keeps its schedule meanwhile.
-        await tasks.schedule(rt.pool, task["id"], task["next_check_at"], polled=True)
+        await tasks.schedule(
+            rt.pool, task["id"], task["next_check_at"], polled=True, progress=st.progress, query_ok=True
+        )
         if job_try <= POKE_RECHECKS:
             _retry(task, random.uniform(2.0, 3.0))
         return "running"
@@ -327,7 +345,7 @@ async def _apply(rt: Runtime, task: asyncpg.Record, st: ProviderStatus, tlog: Lo
         ),
         _until(task["deadline_at"]),
     )
-    await tasks.schedule(rt.pool, task["id"], _at(delay), polled=True)
+    await tasks.schedule(rt.pool, task["id"], _at(delay), polled=True, progress=st.progress, query_ok=True)
     raise Retry(defer=delay)
 
 
@@ -340,14 +358,15 @@ async def _last_look(rt: Runtime, task: asyncpg.Record, model: Model, tlog: Log)
     when the provider cannot say now (no budget, an error, still pending): the caller then expires the task."""
     if task["status"] != "running" or task["provider_task_id"] is None:
         return None
-    token = rt.budget.new_token()
-    if await _take(rt, "query", QUERY_TOKEN_WAIT, token) > 0:
+    key = rt.keys.by_id(task["provider_key"])
+    token = key.budget.new_token()
+    if await _take(key, "query", QUERY_TOKEN_WAIT, token) > 0:
         return None
     try:
         try:
-            st = await rt.provider.status(model, task["provider_task_id"])
+            st = await rt.provider.status(model, task["provider_task_id"], key.secret)
         finally:
-            await _done(rt, "query", token)
+            await _done(key, "query", token)
     except ProviderError as e:
         tlog.info("task.last_look_failed", error=e.message)
         return None
@@ -390,24 +409,37 @@ async def settle(
 # --- helpers --------------------------------------------------------------------------------------------------
 
 
-async def _take(rt: Runtime, kind: Kind, max_wait: float, token: str) -> float:
-    """A budget slot for one call (0.0), or the seconds to wait for one; counted for /metrics."""
+async def _take(key: ProviderKey, kind: Kind, max_wait: float, token: str) -> float:
+    """A slot of ``key``'s budget for one call (0.0), or the seconds to wait for one; counted for /metrics."""
     started = time.monotonic()
-    wait = await rt.budget.acquire_or_wait(kind, max_wait, token)
-    waited = time.monotonic() - started
+    wait = await key.budget.acquire_or_wait(kind, max_wait, token)
+    _count_wait(kind, wait, time.monotonic() - started)
+    return wait
+
+
+async def _take_create(rt: Runtime, token: str) -> tuple[ProviderKey | None, float]:
+    """A create slot on a key whose circuit is closed: (key, 0.0); else (None, seconds to wait), ``inf`` when
+    every key's circuit is open. Counted for /metrics."""
+    started = time.monotonic()
+    key, wait = await rt.keys.take_create(CREATE_TOKEN_WAIT, token)
+    if not math.isinf(wait):
+        _count_wait("create", wait, time.monotonic() - started)
+    return key, wait
+
+
+def _count_wait(kind: Kind, wait: float, waited: float) -> None:
     if wait > 0:
         metrics.BUDGET_WAITS.labels(kind).inc()
         metrics.BUDGET_DEFERRED.labels(kind).inc()
     elif waited > 0.02:  # more than a round trip or two: it had to wait
         metrics.BUDGET_WAITS.labels(kind).inc()
         metrics.BUDGET_WAIT_SECONDS.labels(kind).observe(waited)
-    return wait
 
 
-async def _done(rt: Runtime, kind: Kind, token: str) -> None:
+async def _done(key: ProviderKey, kind: Kind, token: str) -> None:
     # Best effort: an entry left "in flight" frees its slot by itself after KIE_TIMEOUT.
     with contextlib.suppress(RedisError, OSError):
-        await rt.budget.done(kind, token)
+        await key.budget.done(kind, token)
 
 
 def _now() -> datetime:

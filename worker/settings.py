@@ -19,7 +19,7 @@ from arq.worker import func
 
 from shared import queue
 from shared.config import Settings
-from worker import jobs, observe, sweeper
+from worker import deliveries, jobs, observe, sweeper
 from worker.runtime import close_runtime, open_runtime
 
 log = structlog.get_logger("creditq.worker")
@@ -38,6 +38,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["settings"]
     rt = await open_runtime(settings, ctx["redis"], ctx.get("pool"))
     rt.background.append(asyncio.create_task(sweeper.sweeper_loop(rt), name="creditq-sweeper"))
+    rt.background.append(asyncio.create_task(deliveries.sweep_loop(rt), name="creditq-delivery-sweep"))
     rt.background.append(asyncio.create_task(sweeper.credit_poll_loop(rt), name="creditq-credit-poll"))
     rt.background.append(asyncio.create_task(sweeper.running_count_loop(rt), name="creditq-running-count"))
     rt.background.append(asyncio.create_task(observe.metrics_push_loop(rt), name="creditq-metrics"))
@@ -68,7 +69,16 @@ def make(settings: Settings) -> type:
     class WorkerSettings:
         """arq reads these attributes (``arq.worker.create_worker``)."""
 
-        functions = (func(jobs.step, name=queue.STEP_FUNCTION, max_tries=MAX_TRIES, timeout=timeout, keep_result=0),)
+        functions = (
+            func(jobs.step, name=queue.STEP_FUNCTION, max_tries=MAX_TRIES, timeout=timeout, keep_result=0),
+            func(
+                deliveries.deliver,
+                name=queue.DELIVER_FUNCTION,
+                max_tries=MAX_TRIES,
+                timeout=deliveries.LEASE_SECONDS,
+                keep_result=0,
+            ),
+        )
         queue_name = settings.queue_name
         redis_settings = queue.redis_settings(settings)
         on_startup = startup

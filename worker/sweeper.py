@@ -95,25 +95,39 @@ async def running_count_loop(rt: Runtime) -> None:
 
 
 async def credit_poll_loop(rt: Runtime) -> None:
-    """While the out-of-credits circuit is open, one worker at a time polls the provider's balance every few
-    seconds and closes the circuit once there are credits. Runs until cancelled. (The balance shown on
-    /metrics is polled, circuit or not, by :func:`worker.observe.provider_credit_loop`.)"""
-    key = f"{rt.settings.queue_name}:creditpoll"
+    """While a provider key's circuit is open for lack of credits, one worker at a time polls that key's
+    balance every few seconds and closes its circuit once there are credits. Circuits opened for a bad key
+    (401) or a usage cap (433) are left to their cool-down: the next create probes them. Runs until cancelled.
+    (The balance shown on /metrics is polled, circuit or not, by :func:`worker.observe.provider_credit_loop`.)"""
+    lock = f"{rt.settings.queue_name}:creditpoll"
     while True:
         await asyncio.sleep(CREDIT_POLL_SECONDS * random.uniform(0.8, 1.2))
         try:
-            if not await rt.circuit.is_open():
+            open_keys = []
+            for key in rt.keys.keys:
+                info = await key.circuit.info()
+                if info is not None and info.get("reason") == "provider_out_of_credits":
+                    open_keys.append(key)
+            if not open_keys:
                 continue
-            if not await rt.redis.set(key, "1", nx=True, px=int(CREDIT_POLL_SECONDS * 900)):
+            if not await rt.redis.set(lock, "1", nx=True, px=int(CREDIT_POLL_SECONDS * 900)):
                 continue
-            credits = await observe.poll_credit_balance(rt)
-            if credits is None:
-                continue
-            if credits > 0:
-                if await rt.circuit.close():
-                    log.info("circuit.closed", provider_credits=credits)
-            else:
-                await rt.circuit.open("provider_out_of_credits", jobs.CIRCUIT_COOLDOWN)
+            for key in open_keys:
+                if key is rt.keys.first:
+                    credits = await observe.poll_credit_balance(rt)  # also recorded for /metrics
+                else:
+                    try:
+                        credits = await rt.provider.credits(key.secret)
+                    except Exception as e:
+                        log.warning("provider.credits_failed", provider_key=key.id, error=f"{type(e).__name__}: {e}")
+                        credits = None
+                if credits is None:
+                    continue
+                if credits > 0:
+                    if await key.circuit.close():
+                        log.info("circuit.closed", provider_key=key.id, provider_credits=credits)
+                else:
+                    await key.circuit.open("provider_out_of_credits", jobs.CIRCUIT_COOLDOWN)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # Redis down: the next tick tries again

@@ -343,20 +343,28 @@ def task_view(r: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
         view["result"] = result
     if r["error_code"] is not None:
         view["error"] = {"code": r["error_code"], "message": r["error_message"] or ""}
+    progress = r.get("progress")
+    if progress is not None:
+        # The provider's last figure; a task it finished is done, whatever the last poll before the end said.
+        view["progress"] = 100 if r["status"] == "succeeded" else int(progress)
     return view
 
 
 # --- The worker's bookkeeping: no money moves below. ---------------------------------------------------------
 
 
-async def claim_submit(conn: Conn, task_id: str) -> asyncpg.Record | None:
-    """Record the intent to create the provider task. Returns the task if this caller won the claim, None if the
-    task is not queued, already has a provider task, or has an intent in flight (maybe from a crashed worker)."""
+async def claim_submit(conn: Conn, task_id: str, provider_key: str | None = None) -> asyncpg.Record | None:
+    """Record the intent to create the provider task, with the public id of the provider key that will create it
+    (its status queries use the same key, and so does a recovery after a crash mid-create). Returns the task if
+    this caller won the claim, None if the task is not queued, already has a provider task, or has an intent in
+    flight (maybe from a crashed worker)."""
     return await conn.fetchrow(
-        "UPDATE tasks SET submit_started_at = now(), submit_attempts = submit_attempts + 1, updated_at = now() "
+        "UPDATE tasks SET submit_started_at = now(), submit_attempts = submit_attempts + 1, updated_at = now(), "
+        "provider_key = coalesce($2, provider_key) "
         "WHERE id = $1 AND status = 'queued' AND submit_started_at IS NULL AND provider_task_id IS NULL "
         "RETURNING *",
         task_id,
+        provider_key,
     )
 
 
@@ -386,14 +394,29 @@ async def mark_running(conn: Conn, task_id: str, provider_task_id: str, next_che
     return r is not None
 
 
-async def schedule(conn: Conn, task_id: str, next_check_at: datetime, polled: bool = False) -> None:
-    """Set when the task is next looked at (and count a status query when ``polled``)."""
+async def schedule(
+    conn: Conn,
+    task_id: str,
+    next_check_at: datetime,
+    polled: bool = False,
+    *,
+    progress: float | None = None,
+    query_ok: bool | None = None,
+) -> None:
+    """Set when the task is next looked at (and count a status query when ``polled``). ``progress``: the
+    provider's figure (0-100), kept when given. ``query_ok``: the status query answered a record (True: the
+    count of failed queries in a row starts again) or failed (False: it grows); None leaves it. Idempotent
+    enough to repeat; a task that left the live states is not touched."""
     await conn.execute(
-        "UPDATE tasks SET next_check_at = $2, polls = polls + $3::int, updated_at = now() "
+        "UPDATE tasks SET next_check_at = $2, polls = polls + $3::int, updated_at = now(), "
+        "progress = coalesce($4::smallint, progress), "
+        "query_errors = CASE WHEN $5::bool THEN 0 WHEN NOT $5::bool THEN query_errors + 1 ELSE query_errors END "
         "WHERE id = $1 AND status IN ('queued', 'running')",
         task_id,
         next_check_at,
         1 if polled else 0,
+        None if progress is None else max(0, min(100, round(progress))),
+        query_ok,
     )
 
 
