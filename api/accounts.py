@@ -11,13 +11,13 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from api.auth import caller
-from api.requests import query_limit
+from api.parsing import query_limit
 from api.services import Services, services
-from shared import limits
+from shared import tier_limits
 from shared.errors import Unavailable
 from shared.ledger import accounts, money
 
-log = structlog.get_logger()
+log = structlog.get_logger("creditq.api")
 
 
 async def account_view(svc: Services, account: accounts.Account) -> dict[str, Any]:
@@ -26,9 +26,9 @@ async def account_view(svc: Services, account: accounts.Account) -> dict[str, An
     """
     tier = svc.pricing.tier(account.tier)
     try:
-        usage = await limits.usage(await svc.arq(), svc.settings, account.id, tier)
+        usage = await tier_limits.usage(await svc.arq(), svc.settings, account.id, tier)
     except Unavailable:
-        usage = limits.unknown_usage(tier)
+        usage = tier_limits.unknown_usage(tier)
     return {
         "accountId": account.id,
         "externalId": account.external_id,
@@ -54,8 +54,9 @@ async def money_view(svc: Services, account: accounts.Account) -> dict[str, Any]
 
 
 async def get_account(request: Request) -> JSONResponse:
-    """``GET /v1/account``: the caller's account view (a suspended account may read it)."""
-    who = await caller(request)
+    """``GET /v1/account``: the caller's account view (a suspended account may read it). The key is read fresh
+    (not from the key cache): the view shows the balance."""
+    who = await caller(request, fresh=True)
     return JSONResponse(await account_view(services(request), who.account))
 
 

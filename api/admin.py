@@ -11,7 +11,7 @@ from starlette.routing import Route
 
 from api.accounts import account_view
 from api.auth import require_admin
-from api.requests import Fields, idempotency_key, json_object
+from api.parsing import Fields, idempotency_key, json_object
 from api.services import services
 from shared.ledger import accounts, money
 
@@ -45,6 +45,8 @@ async def account(request: Request) -> JSONResponse:
         status = fields.string("status", choices=("active", "suspended"))
         fields.check()
         found = await accounts.update_account(await svc.db(), ref, tier, status)
+        # Other processes learn it from Postgres's notification; this one at once.
+        svc.auth_cache.invalidate(found.id)
     else:
         found = await accounts.get_account(await svc.db(), ref)
     return JSONResponse(await account_view(svc, found))
@@ -111,9 +113,11 @@ async def create_key(request: Request) -> JSONResponse:
 
 
 async def revoke_key(request: Request) -> Response:
-    """``DELETE /v1/admin/keys/{keyId}`` → 204; the key stops working at once. Idempotent. Raises NotFound."""
+    """``DELETE /v1/admin/keys/{keyId}`` → 204; the key stops working at once in this process, and in the
+    others when Postgres's notification reaches them (api.authcache). Idempotent. Raises NotFound."""
     require_admin(request)
-    await accounts.revoke_key(await services(request).db(), request.path_params["key_id"])
+    svc = services(request)
+    svc.auth_cache.invalidate(await accounts.revoke_key(await svc.db(), request.path_params["key_id"]))
     return Response(status_code=204)
 
 

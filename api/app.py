@@ -17,18 +17,19 @@ from api import (
     accounts,
     admin,
     client_webhooks,
+    events,
     health,
     jobs,
     lots,
-    observability,
     openapi,
     ops,
     payments,
+    scrape,
     transfers,
     webhooks,
 )
-from api.errors import HANDLERS, CatchAll
-from api.requests import EdgeChecks
+from api.errors import HANDLERS
+from api.middleware import Edge
 from api.services import Services
 from shared import pricing
 from shared.config import Settings
@@ -53,20 +54,20 @@ def create_app(settings: Settings) -> Starlette:
         *accounts.routes,
         *jobs.routes,
         *client_webhooks.routes,
+        *events.routes,
         *transfers.routes,
         *admin.routes,
         *lots.routes,
         *webhooks.routes,
         *payments.routes,
-        *observability.routes,
+        *scrape.routes,
         *ops.routes,
         *openapi.routes,
     ]
     app = Starlette(
         routes=routes,
-        # RequestContext outermost: the request id is bound for every line below it, the 500s of CatchAll too.
-        # EdgeChecks next: a path or query no route can use is refused before routing.
-        middleware=[Middleware(observability.RequestContext), Middleware(EdgeChecks), Middleware(CatchAll)],
+        # One middleware: request id and log context, edge checks, the catch-all 500, the counts (api/middleware.py).
+        middleware=[Middleware(Edge)],
         exception_handlers=HANDLERS,
         lifespan=lifespan,
     )

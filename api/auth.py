@@ -38,8 +38,13 @@ def bearer(request: Request) -> str | None:
     return credential.strip()
 
 
-async def caller(request: Request, *, write: bool = False) -> Caller:
+async def caller(request: Request, *, write: bool = False, fresh: bool = False) -> Caller:
     """Authenticate the API key. With ``write``, also require an active (not suspended) account.
+
+    Through the process's key cache (:mod:`api.authcache`: a revoked key, a suspended account, a tier change
+    are seen within its documented bound), so ``Caller.account``'s tier and status are current but its
+    balance and held credits may be old: with ``fresh`` the key is read from Postgres (for the account view,
+    which shows the balance).
 
     Raises Unauthenticated (no key, unknown key), Forbidden (revoked/expired key; suspended on a write),
     Unavailable (Postgres down).
@@ -49,7 +54,11 @@ async def caller(request: Request, *, write: bool = False) -> Caller:
         raise Unauthenticated("an API key is required: send Authorization: Bearer <apiKey>")
     if len(key) > _MAX_KEY_LENGTH:
         raise Unauthenticated("unknown API key")
-    check = await accounts.authenticate(await services(request).db(), key)
+    svc = services(request)
+    if fresh:
+        check = await accounts.authenticate(await svc.db(), key)
+    else:
+        check = await svc.auth_cache.authenticate(await svc.db(), key)
     if check is None:
         raise Unauthenticated("unknown API key")
     if not check.usable:

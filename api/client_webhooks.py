@@ -24,7 +24,7 @@ from api.services import Services, services
 from shared import queue, webhooks
 from shared.ledger import webhooks as outbox
 
-log = structlog.get_logger()
+log = structlog.get_logger("creditq.api")
 
 
 def _secret_view(rows: list[asyncpg.Record]) -> dict[str, Any]:
@@ -75,18 +75,7 @@ async def schedule(svc: Services, webhook_id: str, now: bool = False) -> None:
     try:
         await queue.enqueue_delivery(await svc.arq(), svc.settings, webhook_id, now=now)
     except Exception as e:
-        log.warning("delivery not enqueued; the sweep will", webhook_id=webhook_id, error=f"{type(e).__name__}: {e}")
-
-
-async def schedule_task(svc: Services, task_id: str) -> None:
-    """Schedule the pending deliveries of a task that just ended here (a cancel). Best effort, as :func:`schedule`."""
-    try:
-        ids = await outbox.pending_for_task(await svc.db(), task_id)
-    except Exception as e:
-        log.warning("deliveries not enqueued; the sweep will", task_id=task_id, error=f"{type(e).__name__}: {e}")
-        return
-    for webhook_id in ids:
-        await schedule(svc, webhook_id)
+        log.warning("delivery.enqueue_failed", webhook_id=webhook_id, error=f"{type(e).__name__}: {e}")
 
 
 routes = [

@@ -4,7 +4,8 @@
   (``required``/``available``, ``details``, ``retryAfter`` with a ``Retry-After`` header).
 - Starlette's 404/405 for unknown routes and methods: ``not_found`` / ``method_not_allowed``.
 - A connection error that escaped the ledger (asyncpg, redis): 503 ``unavailable``.
-- Anything else is a bug: 500 ``internal_error``, logged with its traceback (:class:`CatchAll`).
+- Anything else is a bug: 500 ``internal_error``, logged with its traceback (the catch-all of
+  :class:`api.middleware.Edge`).
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp, ExceptionHandler, Message, Receive, Scope, Send
+from starlette.types import ExceptionHandler
 
 from shared.db import CONNECTION_ERRORS
 from shared.errors import CreditqError, RateLimited, Unavailable
 
-log = structlog.get_logger()
+log = structlog.get_logger("creditq.api")
 
 UNAVAILABLE_MESSAGE = "a service creditq depends on (Postgres or Redis) is unreachable; try again shortly"
 # An outage makes every request fail the same way: log it at most this often.
@@ -44,7 +45,7 @@ def _note_outage(request: Request, error: BaseException) -> None:
     now = time.monotonic()
     if now - _last_outage_log >= _OUTAGE_LOG_SECONDS:
         _last_outage_log = now
-        log.warning("request failed: service unavailable", path=request.url.path, error=str(error))
+        log.warning("request.unavailable", path=request.url.path, error=str(error))
 
 
 def _unavailable() -> JSONResponse:
@@ -62,7 +63,7 @@ async def creditq_error(request: Request, exc: Exception) -> Response:
     if exc.status >= 500:
         # A CreditqError with no API status of its own (a ConfigError, a ProviderError) reaching a request
         # handler is a bug in the handler, not the caller's fault.
-        log.error("unexpected error", path=request.url.path, error=exc.message, exc_info=exc)
+        log.error("request.unexpected_error", path=request.url.path, error=exc.message, exc_info=exc)
     return error_response(exc.status, exc.code, exc.message, headers, **exc.extra)
 
 
@@ -97,33 +98,3 @@ HANDLERS: dict[Any, ExceptionHandler] = {
     RedisTimeoutError: connection_error,
     **dict.fromkeys(CONNECTION_ERRORS, connection_error),
 }
-
-
-class CatchAll:
-    """ASGI middleware: an exception no handler took is a bug. Log it with its traceback and answer 500
-    ``internal_error`` in the one shape (the server's bare 500 would be neither JSON nor logged by us)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Run the app; turn an escaping exception into a logged 500."""
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def sender(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, receive, sender)
-        except Exception:
-            log.exception("internal error", method=scope.get("method"), path=scope.get("path"))
-            if started:
-                raise  # half a response was sent: only the server can end the connection
-            response = error_response(500, "internal_error", "internal error; it has been logged")
-            await response(scope, receive, send)

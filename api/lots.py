@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from api.auth import caller, require_admin
-from api.requests import query_choice
+from api.parsing import query_choice
 from api.services import services
 from shared.ledger import accounts, money
 

@@ -134,6 +134,11 @@ def path_param(name: str, description: str) -> Schema:
 
 
 def query(name: str, schema: Schema, description: str) -> Schema:
+    """An optional query parameter. An empty value (``?limit=``) means "not given" everywhere in creditq (an HTML
+    form sends its empty fields so), so a parameter that is not a free string also accepts ``""``."""
+    if schema != STR:
+        schema = {"anyOf": [schema, {"const": ""}]}
+        description += " Empty: not given."
     return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
 
 
@@ -284,6 +289,7 @@ SCHEMAS: dict[str, Schema] = {
             "result": obj({"urls": {"type": "array", "items": STR}}),
             "error": obj({"code": STR, "message": STR}),
             "breakdown": {"type": "array", "items": ref("BreakdownLine")},
+            "progress": {"type": "integer", "minimum": 0, "maximum": 100, "description": "As the provider reports it."},
         },
         description="A task (job). Terminal states (`succeeded`, `failed`, `canceled`) never change again.",
     ),
@@ -293,6 +299,14 @@ SCHEMAS: dict[str, Schema] = {
             "input": obj({"prompt": {"type": "string", "minLength": 1}}, description="The model's own input."),
         },
         {"callbackUrl": {"type": "string", "maxLength": 2048, "description": "Signed webhook of the job's end."}},
+    ),
+    "JobEvent": obj(
+        {
+            "event": {"enum": ["status", "progress"]},
+            "id": STR,
+            "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": ref("Task")},
+        },
+        description="One Server-Sent Event of `GET /v1/jobs/{taskId}/events`: `data` is the task view as JSON.",
     ),
     "WebhookEvent": obj(
         {
@@ -444,6 +458,33 @@ OPERATIONS: dict[str, dict[str, Schema]] = {
             tag="jobs",
             security=CALLER,
             parameters=[TASK_ID],
+        )
+    },
+    "/v1/jobs/{taskId}/events": {
+        "get": op(
+            "Follow a job: Server-Sent Events.",
+            {
+                200: ok(
+                    "`event: status` with the task view at once, then one event per change (`status`, or "
+                    "`progress` when only the progress changed), each with the task view; the stream ends after a "
+                    "terminal state. `: keep-alive` comments every 15 s. Each event's id names the state it shows.",
+                    ref("JobEvent"),
+                    "text/event-stream",
+                )
+            },
+            (*READ, 404),
+            tag="jobs",
+            security=CALLER,
+            parameters=[
+                TASK_ID,
+                {
+                    "name": "Last-Event-ID",
+                    "in": "header",
+                    "required": False,
+                    "schema": STR,
+                    "description": "The id of the last event seen: the current view is sent only if it changed since.",
+                },
+            ],
         )
     },
     "/v1/jobs/{taskId}/deliveries": {
@@ -642,7 +683,17 @@ OPERATIONS: dict[str, dict[str, Schema]] = {
             (*READ, 422),
             tag="admin",
             security=ADMIN,
-            parameters=[query("fix", {"enum": ["true", "false"]}, "Run the repairs first.")],
+            parameters=[
+                query(
+                    "fix",
+                    # What api.ops reads as a flag: true/false, 1/0, yes/no in any case, spaces around ignored.
+                    {
+                        "type": "string",
+                        "pattern": "^\\s*([Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee]|[Yy][Ee][Ss]|[Nn][Oo]|1|0)?\\s*$",
+                    },
+                    "Run the repairs first: true (or 1, yes); false (or 0, no) by default.",
+                )
+            ],
         )
     },
     "/v1/admin/payments/events": {

@@ -29,7 +29,8 @@ from starlette.routing import Route
 from api import admin_page
 from api.accounts import account_view
 from api.auth import require_admin
-from api.observability import connected_or_none
+from api.parsing import query_value
+from api.scrape import connected_or_none
 from api.services import Services, services
 from shared import metrics, repairs
 from shared.errors import InvalidInput, NotFound
@@ -57,7 +58,7 @@ PAGE_HEADERS = {
 
 
 def _flag(request: Request, name: str) -> bool:
-    raw = request.query_params.get(name, "").strip().lower()
+    raw = (query_value(request, name) or "").strip().lower()
     if raw in ("", "0", "false", "no"):
         return False
     if raw in ("1", "true", "yes"):

@@ -31,14 +31,14 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from api.auth import require_admin
-from api.requests import Fields, json_object, parse_object, query_limit, read_body
+from api.parsing import Fields, json_object, parse_object, query_limit, read_body
 from api.services import services
-from shared import db, metrics
+from shared import db, metrics, payment_events
 from shared.errors import CreditqError, NotFound, UnappliedEvent
 from shared.ledger import payments
 from shared.signature import HEADER, parse_secrets, verify
 
-log = structlog.get_logger()
+log = structlog.get_logger("creditq.api")
 
 EVENTS = metrics.PAYMENT_EVENTS  # defined with every other metric, in shared.metrics
 
@@ -66,10 +66,10 @@ async def payments_webhook(request: Request) -> JSONResponse:
         verify(body, request.headers.get(HEADER), secrets)
     except CreditqError as e:
         EVENTS.labels("rejected").inc()
-        log.warning("payment event rejected", reason=e.message)
+        log.warning("payment_event.rejected", reason=e.message)
         raise
     event = parse_object(body)
-    event_id, event_type = payments.event_identity(event)
+    event_id, event_type = payment_events.event_identity(event)
     async with db.connection(await svc.db()) as conn:
         stored = await payments.store_event(conn, event_id, event_type, event)
         outcome = await payments.apply_event(conn, svc.pricing, event_id, stored)

@@ -13,13 +13,14 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast
 
 import asyncpg
 import structlog
 from arq.connections import ArqRedis
 from starlette.requests import Request
 
+from api.authcache import AuthCache
 from shared import db, queue
 from shared.config import Settings
 from shared.errors import Unavailable
@@ -28,7 +29,7 @@ from shared.ledger.audit import Report
 from shared.pricing import Pricing
 
 T = TypeVar("T")
-log = structlog.get_logger()
+log = structlog.get_logger("creditq.api")
 
 # After a failed connect, requests within this many seconds fail at once with the same error.
 FAIL_FAST_SECONDS = 1.0
@@ -71,12 +72,12 @@ class Lazy(Generic[T]):
             # Wrong passwords and missing databases count too: the service is not usable, and /readyz says so.
             self._error = e.message if isinstance(e, Unavailable) else f"{self.name}: {type(e).__name__}: {e}"
             self._failed_at = time.monotonic()
-            log.warning("connect failed", service=self.name, error=self._error)
+            log.warning("service.connect_failed", service=self.name, error=self._error)
             raise Unavailable(self._error) from e
         finally:
             self._attempt = None
         if self._error is not None:
-            log.info("connected", service=self.name)
+            log.info("service.connected", service=self.name)
         self._value, self._error = value, None
         return value
 
@@ -129,6 +130,11 @@ class Services:
         self.redis: Lazy[ArqRedis] = Lazy("redis", lambda: queue.connect(settings), _close_redis)
         #: The last audit run by this process (the operator's page and ``GET /v1/admin/reconcile``).
         self.audit_cache = AuditCache()
+        #: API key → account, kept exact by Postgres notifications (api.authcache).
+        self.auth_cache = AuthCache(settings)
+        #: What endpoint modules open on first use and close with the app (the status stream's task feed).
+        self.extras: dict[str, Any] = {}
+        self.closers: list[Callable[[], Awaitable[None]]] = []
         self._warmer: asyncio.Task[None] | None = None
 
     async def db(self) -> asyncpg.Pool:
@@ -142,6 +148,7 @@ class Services:
     def start(self) -> None:
         """Start connecting in the background; returns at once."""
         self._warmer = asyncio.get_running_loop().create_task(self._warm())
+        self.auth_cache.start()
 
     async def _warm(self) -> None:
         delay = FAIL_FAST_SECONDS
@@ -156,11 +163,16 @@ class Services:
             delay = min(delay * 2, MAX_RETRY_SECONDS)
 
     async def close(self) -> None:
-        """Stop connecting and close both pools."""
+        """Close what endpoint modules opened (``closers``), stop connecting and close both pools."""
+        for closer in reversed(self.closers):
+            with contextlib.suppress(Exception):
+                await closer()
+        self.closers.clear()
         if self._warmer is not None:
             self._warmer.cancel()
             with contextlib.suppress(BaseException):
                 await self._warmer
+        await self.auth_cache.close()
         await self.postgres.close()
         await self.redis.close()
 

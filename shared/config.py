@@ -49,6 +49,9 @@ class Settings:
     worker_concurrency: int = 200  # arq max_jobs: short steps, so many at once is cheap
     metrics_dir: str = ""  # prometheus multiprocess dir shared by API and workers on one host
     poke_seconds: float = 20.0  # provider callbacks start at most one status check per task per this many seconds
+    # The API's cache of API keys → accounts lives at most this long (the backstop behind Postgres notifications;
+    # docs/CONFIGURATION.md); 0 turns the cache off (every request reads its key from Postgres).
+    auth_cache_seconds: float = 5.0
 
     @property
     def provider_keys(self) -> tuple[str, ...]:
@@ -108,6 +111,8 @@ class Settings:
             raise ConfigError("KIE_CREATE_WINDOW and KIE_TIMEOUT must be positive")
         if not 0 < self.poke_seconds <= 3600:
             raise ConfigError("CREDITQ_POKE_SECONDS must be a number of seconds from 0 to 3600 (not 0)")
+        if not 0 <= self.auth_cache_seconds <= 300:
+            raise ConfigError("CREDITQ_AUTH_CACHE_SECONDS must be a number of seconds from 0 (off) to 300")
 
 
 _VARS = {
@@ -134,11 +139,12 @@ _VARS = {
     "worker_concurrency": "CREDITQ_WORKER_CONCURRENCY",
     "metrics_dir": "PROMETHEUS_MULTIPROC_DIR",
     "poke_seconds": "CREDITQ_POKE_SECONDS",
+    "auth_cache_seconds": "CREDITQ_AUTH_CACHE_SECONDS",
 }
 # Variables whose empty value means "off" rather than "use the default".
 _EMPTY_OK = {"kie_api_key", "kie_api_keys", "admin_token", "public_url", "payments_webhook_secret", "metrics_dir"}
 _INTS = {"db_pool_size", "kie_create_limit", "kie_query_limit", "worker_concurrency"}
-_FLOATS = {"sweep_seconds", "kie_create_window", "kie_timeout", "poke_seconds"}
+_FLOATS = {"sweep_seconds", "kie_create_window", "kie_timeout", "poke_seconds", "auth_cache_seconds"}
 
 
 def _parse(var: str, name: str, raw: str) -> object:

@@ -1,7 +1,11 @@
 """The one logger setup: structlog, JSON lines in production, readable lines on a terminal.
 
-Call :func:`configure` once per process (the CLI does); everything else calls ``structlog.get_logger()`` and
-binds context (``task_id``, ``account_id``, ``request_id``...) per call or with ``structlog.contextvars``.
+Call :func:`configure` once per process (the CLI does). Every module logs through
+``structlog.get_logger("creditq.<package>")``, its own package dotted (``creditq.api``, ``creditq.worker``,
+``creditq.shared``, ``creditq.shared.ledger``), and binds context (``task_id``, ``account_id``, ``request_id``...)
+per call or with ``structlog.contextvars``. Event names are dotted, ``<subject>.<what happened>``
+(``task.queued``, ``money.capture``, ``request.internal_error``): ``jq 'select(.event | startswith("task."))'``
+follows one subject.
 Standard-library loggers (arq, uvicorn) go through the same renderer so a process prints one format.
 A line logged with a traceback (``log.exception``, a 500) carries it: as structured data in JSON
 (``"exception": [{"exc_type", "exc_value", "frames": [...]}]``, without frame locals, scrubbed like every value),

@@ -40,8 +40,9 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 
+from shared import redis_keys
 from shared.config import Settings
-from shared.ledger import stats
+from shared.ledger import audit, stats
 from shared.ratelimit import ProviderBudget, open_circuit_info
 
 # --- What the API and the workers count -----------------------------------------------------------------------
@@ -141,12 +142,12 @@ WORKER_LABEL = "worker"
 
 def workers_key(settings: Settings) -> str:
     """The sorted set of worker ids, scored by the time of their last snapshot."""
-    return f"{settings.queue_name}:metrics:workers"
+    return redis_keys.metrics_workers(settings.queue_name)
 
 
 def snapshot_key(settings: Settings, worker_id: str) -> str:
     """Where worker ``worker_id`` keeps its snapshot."""
-    return f"{settings.queue_name}:metrics:worker:{worker_id}"
+    return redis_keys.metrics_snapshot(settings.queue_name, worker_id)
 
 
 def worker_id() -> str:
@@ -405,7 +406,7 @@ def state_families(state: OpsState) -> list[Metric]:
         out.extend((used, limit))
     if state.audit is not None:
         problems = _gauge("creditq_audit_problems", "Problems found by the last audit, by kind (0 when clean).")
-        for kind in sorted(set(AUDIT_KINDS) | set(state.audit.counts)):
+        for kind in sorted(set(audit.KINDS) | set(state.audit.counts)):
             problems.add_sample("creditq_audit_problems", {"kind": kind}, float(state.audit.counts.get(kind, 0)))
         out.append(problems)
         m = _gauge("creditq_audit_timestamp_seconds", "Unix time of the last audit.")
@@ -430,7 +431,7 @@ PROVIDER_CREDITS_TTL_SECONDS = 86_400  # a day-old balance is still worth showin
 
 def provider_credits_key(settings: Settings) -> str:
     """The Redis key of the provider's last polled credit balance."""
-    return f"{settings.queue_name}:provider:credits"
+    return redis_keys.provider_credits(settings.queue_name)
 
 
 async def record_provider_credits(redis: Redis, settings: Settings, credits: float) -> None:
@@ -455,24 +456,11 @@ async def last_provider_credits(redis: Redis, settings: Settings) -> tuple[float
 # --- The last audit, as a worker (or the API) last ran it ----------------------------------------------------------
 
 AUDIT_TTL_SECONDS = 86_400
-# Every kind the audit reports (shared/ledger/audit.py), so that each has a series, 0 while clean.
-AUDIT_KINDS = (
-    "balance_mismatch",
-    "held_mismatch",
-    "negative_available",
-    "entry_arithmetic",
-    "open_hold_on_terminal_task",
-    "open_hold_without_task",
-    "stuck_task",
-    "capture_mismatch",
-    "unapplied_event",
-    "lots_mismatch",
-)
 
 
 def audit_key(settings: Settings) -> str:
     """The Redis key of the last audit's summary."""
-    return f"{settings.queue_name}:audit:last"
+    return redis_keys.audit_last(settings.queue_name)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 _LOCK_ID = 0x637265646974  # "credit": any constant shared by every creditq process
 _NAME = re.compile(r"^(\d{3,})_[a-z0-9_]+\.sql$")
 
-log = structlog.get_logger()
+log = structlog.get_logger("creditq.shared")
 
 
 def pending_files(directory: Path = MIGRATIONS_DIR) -> list[tuple[int, Path]]:
@@ -95,7 +95,7 @@ async def migrate(settings: Settings, directory: Path = MIGRATIONS_DIR) -> list[
                     )
             except asyncpg.PostgresError as e:
                 raise CreditqError(f"migration {path.name} failed (nothing of it was applied): {e}") from e
-            log.info("migration applied", migration=path.name)
+            log.info("migration.applied", migration=path.name)
             applied.append(path.name)
     finally:
         await conn.close()  # closing the session releases the advisory lock

@@ -39,7 +39,7 @@ import httpx
 import structlog
 from redis.asyncio import Redis
 
-from shared import families, metrics
+from shared import families, metrics, redis_keys
 from shared.config import Settings
 from shared.errors import (
     ProviderAccountRefused,
@@ -61,7 +61,7 @@ __all__ = [
     "read_callback",
 ]
 
-log = structlog.get_logger("creditq.provider")
+log = structlog.get_logger("creditq.shared")
 
 # The provider sits behind an edge that answers "error code: 1010" to clients without a browser-like agent.
 USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36"
@@ -277,7 +277,7 @@ PROVIDER_HINT_SECONDS = 86_400
 
 def provider_hint_key(settings: Settings, task_id: str) -> str:
     """The Redis key of the provider task id noted for ``task_id``."""
-    return f"{settings.queue_name}:ptask:{task_id}"
+    return redis_keys.provider_hint(settings.queue_name, task_id)
 
 
 async def note_provider_task(redis: Redis, settings: Settings, task_id: str, provider_task_id: str) -> None:

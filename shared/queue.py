@@ -7,27 +7,23 @@ a callback's "look now" uses a second id, ``poke:<taskId>``, so it is never swal
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import cast
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.constants import job_key_prefix, result_key_prefix
+from arq.jobs import serialize_job
+from arq.utils import timestamp_ms
 from redis.exceptions import RedisError
 
+from shared import redis_keys
 from shared.config import Settings
 from shared.errors import Unavailable
+from shared.lua import Script
 
 STEP_FUNCTION = "step"
 # How far in the past a poke is scored (arq keeps a job's key for 1 day past its score, so well under that).
 POKE_HEAD_START = timedelta(minutes=10)
-
-
-def job_id(task_id: str) -> str:
-    return f"task:{task_id}"
-
-
-def poke_id(task_id: str) -> str:
-    return f"poke:{task_id}"
 
 
 def redis_settings(settings: Settings) -> RedisSettings:
@@ -52,9 +48,38 @@ async def enqueue(arq: ArqRedis, settings: Settings, task_id: str, defer_by: flo
     Idempotent. Raises redis errors to the caller, who decides whether a lost hint matters (it never loses money:
     the sweeper re-enqueues from Postgres)."""
     job = await arq.enqueue_job(
-        STEP_FUNCTION, task_id, _job_id=job_id(task_id), _queue_name=settings.queue_name, _defer_by=defer_by
+        STEP_FUNCTION,
+        task_id,
+        _job_id=redis_keys.step_job_id(task_id),
+        _queue_name=settings.queue_name,
+        _defer_by=defer_by,
     )
     return job is not None
+
+
+@dataclass(frozen=True, slots=True)
+class JobWrite:
+    """An arq job made ready for a Lua script to write (:func:`shared.tier_limits.admit` writes it with the limit
+    bookkeeping, in one round trip): exactly what ``ArqRedis.enqueue_job`` writes, the job's bytes made by arq's
+    own serializer, under arq's own keys, so that arq's worker reads it as one of its own."""
+
+    job_id: str
+    queue_name: str
+    data: bytes
+    score_ms: int
+    expires_ms: int
+
+    @property
+    def keys(self) -> list[str]:
+        """The job key, the result key (a job with either is not enqueued again), the queue."""
+        return [job_key_prefix + self.job_id, result_key_prefix + self.job_id, self.queue_name]
+
+
+def step_job(arq: ArqRedis, settings: Settings, task_id: str) -> JobWrite:
+    """The task's step job, due now, as :func:`enqueue` would write it (no Redis call). Pure but for the clock."""
+    now = timestamp_ms()
+    data = serialize_job(STEP_FUNCTION, (task_id,), {}, None, now, serializer=arq.job_serializer)
+    return JobWrite(redis_keys.step_job_id(task_id), settings.queue_name, data, now, arq.expires_extra_ms)
 
 
 # The poke gate of one task: the time (ms, Redis's clock) of the last poke it let through or scheduled. A poke at
@@ -76,14 +101,11 @@ end
 redis.call('SET', KEYS[1], last + window, 'PX', window * 3)
 return {last + window, now}
 """
+_poke_gate = Script(_POKE_GATE)
 # A poke that finds the task still pending looks again this many times, 2-3 s apart (the callback may come a
 # moment before the record shows the outcome). A scheduled (coalesced) poke runs a window after the callbacks it
 # stands for, when the record has caught up: it looks once (it starts with its try count past the rechecks).
 POKE_RECHECKS = 3
-
-
-def poke_gate_key(settings: Settings, task_id: str) -> str:
-    return f"{settings.queue_name}:poke-gate:{task_id}"
 
 
 async def poke(arq: ArqRedis, settings: Settings, task_id: str) -> bool:
@@ -97,8 +119,7 @@ async def poke(arq: ArqRedis, settings: Settings, task_id: str) -> bool:
     before every job that became due after it: workers take due jobs oldest score first, and a callback should
     not wait behind a burst of creates (BENCHMARKS.md). Raises redis errors (the caller answers 503)."""
     window_ms = max(1, round(settings.poke_seconds * 1000))
-    gate = arq.eval(_POKE_GATE, 1, poke_gate_key(settings, task_id), str(window_ms))
-    at_ms, _ = await cast(Awaitable[list[int]], gate)
+    at_ms, _ = await _poke_gate(arq, [redis_keys.poke_gate(settings.queue_name, task_id)], [window_ms])
     at_ms = int(at_ms)
     if at_ms < 0:
         return False
@@ -107,7 +128,7 @@ async def poke(arq: ArqRedis, settings: Settings, task_id: str) -> bool:
             STEP_FUNCTION,
             task_id,
             True,
-            _job_id=poke_id(task_id),
+            _job_id=redis_keys.poke_job_id(task_id),
             _queue_name=settings.queue_name,
             _defer_until=datetime.now(UTC) - POKE_HEAD_START,
         )
@@ -116,7 +137,7 @@ async def poke(arq: ArqRedis, settings: Settings, task_id: str) -> bool:
             STEP_FUNCTION,
             task_id,
             True,
-            _job_id=f"{poke_id(task_id)}:{at_ms}",
+            _job_id=redis_keys.scheduled_poke_job_id(task_id, at_ms),
             _queue_name=settings.queue_name,
             _defer_until=datetime.fromtimestamp(at_ms / 1000, UTC),
             _job_try=POKE_RECHECKS + 1,
@@ -127,15 +148,12 @@ async def poke(arq: ArqRedis, settings: Settings, task_id: str) -> bool:
 DELIVER_FUNCTION = "deliver"
 
 
-def delivery_job_id(webhook_id: str) -> str:
-    return f"delivery:{webhook_id}"
-
-
 async def enqueue_delivery(arq: ArqRedis, settings: Settings, webhook_id: str, now: bool = False) -> bool:
     """Ask a worker to attempt a client webhook delivery. Returns False if its job is already queued (a no-op).
     ``now``: a client's retry, under a job id of its own so that it is not swallowed by a job deferred for hours
     (the deferred one then finds nothing due and ends). Raises redis errors; a lost hint is found again by the
     delivery sweep in Postgres."""
-    job_id = delivery_job_id(webhook_id) + (f":now:{datetime.now(UTC).timestamp()}" if now else "")
+    at = datetime.now(UTC).timestamp()
+    job_id = redis_keys.delivery_now_job_id(webhook_id, at) if now else redis_keys.delivery_job_id(webhook_id)
     job = await arq.enqueue_job(DELIVER_FUNCTION, webhook_id, _job_id=job_id, _queue_name=settings.queue_name)
     return job is not None

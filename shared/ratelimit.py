@@ -35,7 +35,9 @@ from typing import Any, Literal
 
 from redis.asyncio import Redis
 
+from shared import redis_keys
 from shared.config import Settings
+from shared.lua import Script
 
 Kind = Literal["create", "query"]
 
@@ -89,6 +91,11 @@ def key_id(settings: Settings, api_key: str | None = None) -> str:
 
 _CANCEL = "return redis.call('ZREM', KEYS[1], ARGV[1])"
 
+_sliding_window = Script(_SLIDING_WINDOW)
+_done = Script(_DONE)
+_usage = Script(_USAGE)
+_cancel = Script(_CANCEL)
+
 
 class ProviderBudget:
     """Tokens for provider calls with one key (default: the first), shared by all workers using the same queue
@@ -96,16 +103,16 @@ class ProviderBudget:
 
     def __init__(self, redis: Redis, settings: Settings, api_key: str | None = None) -> None:
         self._redis = redis
-        prefix = f"{settings.queue_name}:budget:{key_id(settings, api_key)}"
+        q, kid = settings.queue_name, key_id(settings, api_key)
         self._limits: dict[str, tuple[str, int, float]] = {
-            "create": (f"{prefix}:create", settings.kie_create_limit, _padded(settings.kie_create_window)),
-            "query": (f"{prefix}:query", settings.kie_query_limit, _padded(1.0)),
+            "create": (
+                redis_keys.budget(q, kid, "create"),
+                settings.kie_create_limit,
+                _padded(settings.kie_create_window),
+            ),
+            "query": (redis_keys.budget(q, kid, "query"), settings.kie_query_limit, _padded(1.0)),
         }
         self._flight_us = int(settings.kie_timeout * 1_000_000)
-        self._script = redis.register_script(_SLIDING_WINDOW)
-        self._done = redis.register_script(_DONE)
-        self._usage = redis.register_script(_USAGE)
-        self._cancel = redis.register_script(_CANCEL)
 
     @staticmethod
     def new_token() -> str:
@@ -120,23 +127,23 @@ class ProviderBudget:
         key, limit, window = self._limits[kind]
         member = token or uuid.uuid4().hex
         flight = self._flight_us if token else 0
-        micros = await self._script(keys=[key], args=[limit, int(window * 1_000_000), member, flight])
+        micros = await _sliding_window(self._redis, [key], [limit, int(window * 1_000_000), member, flight])
         return int(micros) / 1_000_000
 
     async def done(self, kind: Kind, token: str) -> None:
         """The call granted under ``token`` has its answer: count it from now, not from the latest time it could
         have arrived. Idempotent. Raises redis errors (then the slot frees after ``KIE_TIMEOUT`` + window)."""
-        await self._done(keys=[self._limits[kind][0]], args=[token])
+        await _done(self._redis, [self._limits[kind][0]], [token])
 
     async def cancel(self, kind: Kind, token: str) -> None:
         """The call granted under ``token`` was never sent: give its slot back. Idempotent; raises redis errors."""
-        await self._cancel(keys=[self._limits[kind][0]], args=[token])
+        await _cancel(self._redis, [self._limits[kind][0]], [token])
 
     async def usage(self) -> dict[str, tuple[int, int]]:
         """Kind → (calls counted in the current window, limit), for /metrics. Read-only; raises redis errors."""
         kinds = list(self._limits)
-        counts = await self._usage(
-            keys=[self._limits[k][0] for k in kinds], args=[int(self._limits[k][2] * 1_000_000) for k in kinds]
+        counts = await _usage(
+            self._redis, [self._limits[k][0] for k in kinds], [int(self._limits[k][2] * 1_000_000) for k in kinds]
         )
         return {k: (int(n), self._limits[k][1]) for k, n in zip(kinds, counts, strict=True)}
 
@@ -201,7 +208,7 @@ class Circuit:
 
 def circuit_key(settings: Settings, api_key: str | None = None) -> str:
     """The Redis key of a provider key's circuit (default: the first key's)."""
-    return f"{settings.queue_name}:circuit:{key_id(settings, api_key)}"
+    return redis_keys.circuit(settings.queue_name, key_id(settings, api_key))
 
 
 def circuit_keys(settings: Settings) -> list[str]:

@@ -1,4 +1,4 @@
-"""The API's edge (api/requests.py): what Postgres cannot store never reaches it, numbers are ASCII, cursors and
+"""The API's edge (api/parsing.py): what Postgres cannot store never reaches it, numbers are ASCII, cursors and
 dates are validated, duplicates are refused, externalIds and memos follow their rules. A hypothesis property test
 sends generated strings with NUL characters and unpaired surrogates through every route of the app and finds no
 5xx but 503.
@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.routing import Route
 
-from shared.ledger import accounts
+from shared.ledger import accounts, cursors
 from shared.ledger.audit import audit
 from shared.signature import sign
 from tests.apiserver import ADMIN, Api, balance, bearer, error_of, job
@@ -195,7 +195,7 @@ class TestNumbersCursorsDates:
     )
     async def test_cursors(self, client: httpx.AsyncClient, make_account: MakeAccount, inner: str) -> None:
         _, key = await make_account()
-        cursor = accounts.encode_cursor(inner)
+        cursor = cursors.encode(inner)
         for path, headers in [
             ("/v1/jobs", bearer(key)),
             ("/v1/account/transactions", bearer(key)),

@@ -221,5 +221,5 @@ async def test_a_bug_is_a_logged_500(api_settings: Settings) -> None:
             r = await local.client.get("/boom")
     error_of(r, 500, "internal_error")
     assert "kaboom" not in r.text
-    [entry] = [e for e in logs if e["event"] == "internal error"]
+    [entry] = [e for e in logs if e["event"] == "request.internal_error"]
     assert (entry["log_level"], entry["path"], entry["exc_info"]) == ("error", "/boom", True)

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from shared import queue
+from shared import redis_keys
 from shared.config import Settings
 from shared.ledger import tasks
 from tests.apiserver import IMAGE, VIDEO, Api, balance, bearer, error_of, job, serve, task_count
@@ -56,8 +56,8 @@ class TestSubmit:
         assert "finishedAt" not in view
         assert await balance(pool, account.id) == (100, 4)
         # The queue hint is there for a worker.
-        assert await redis.exists(f"arq:job:{queue.job_id(view['taskId'])}")
-        assert await redis.zscore(api.settings.queue_name, queue.job_id(view["taskId"])) is not None
+        assert await redis.exists(f"arq:job:{redis_keys.step_job_id(view['taskId'])}")
+        assert await redis.zscore(api.settings.queue_name, redis_keys.step_job_id(view["taskId"])) is not None
 
     async def test_read_back_and_other_accounts_see_nothing(
         self, client: httpx.AsyncClient, make_account: MakeAccount
@@ -305,7 +305,7 @@ class TestKieCallback:
             json={"code": 200, "data": {"state": "success"}},
         )
         assert (r.status_code, r.json()) == (200, {"ok": True})
-        assert await redis.exists(f"arq:job:{queue.poke_id(task_id)}")
+        assert await redis.exists(f"arq:job:{redis_keys.poke_job_id(task_id)}")
 
     async def test_wrong_token_or_task_is_not_found(
         self, client: httpx.AsyncClient, pool: asyncpg.Pool, make_account: MakeAccount
@@ -330,7 +330,7 @@ class TestKieCallback:
         token = (await tasks.get(pool, task_id))["callback_token"]
         r = await client.post("/v1/webhooks/kie", params={"task": task_id, "token": token})
         assert r.status_code == 200
-        assert not await redis.exists(f"arq:job:{queue.poke_id(task_id)}")
+        assert not await redis.exists(f"arq:job:{redis_keys.poke_job_id(task_id)}")
 
 
 async def test_video_uses_its_own_model(

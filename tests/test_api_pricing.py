@@ -204,6 +204,32 @@ class TestSubmit:
         assert got["cost"] == 120
         assert got["breakdown"] == quote["breakdown"]
 
+    async def test_every_priced_value_of_the_bundled_list_holds_its_quote(
+        self, client: httpx.AsyncClient, pool: asyncpg.Pool, make_account: MakeAccount
+    ) -> None:
+        account, key = await make_account(credits=100_000, tier="pro_plus")
+        models = (await client.get("/v1/models")).json()["items"]
+        held = 0
+        for m in models:
+            cases: list[dict[str, Any]] = [{}]
+            for rule in m["pricing"]["rules"]:
+                spec = m["inputs"][rule["field"]]
+                values = spec["enum"] if "byValue" in rule else range(spec["minimum"], spec["maximum"] + 1)
+                cases += [{rule["field"]: v} for v in values]
+            for fields in cases:
+                payload = body(m["model"], **fields)
+                quote = (await client.post("/v1/quotes", json=payload, headers=bearer(key))).json()
+                r = await client.post("/v1/jobs", json=payload, headers=bearer(key))
+                assert r.status_code == 202, r.text
+                assert (r.json()["cost"], r.json()["breakdown"]) == (quote["cost"], quote["breakdown"])
+                assert sum(line["credits"] for line in quote["breakdown"]) == quote["cost"]
+                hold = await pool.fetchval(
+                    "SELECT held_delta FROM ledger_entries WHERE task_id = $1 AND kind = 'hold'", r.json()["taskId"]
+                )
+                assert hold == quote["cost"]
+                held += quote["cost"]
+        assert await account_state(pool, account.id) == (100_000, held)
+
     @pytest.mark.parametrize("field", ["callBackUrl", "callbackUrl", "model", "input"])
     async def test_steering_fields_in_input_are_refused_and_nothing_is_held(
         self, client: httpx.AsyncClient, pool: asyncpg.Pool, make_account: MakeAccount, field: str
@@ -310,7 +336,9 @@ async def task_money(pool: asyncpg.Pool, task_id: str) -> dict[str, int]:
 
 def sent_to_provider(sim_url: str, family: str, provider_task_id: str) -> dict[str, Any]:
     """The create request the simulator received for the task (its record echoes it as ``param``)."""
-    path = "/api/v1/veo/record-info" if family == "veo" else "/api/v1/jobs/recordInfo"
+    path = {"veo": "/api/v1/veo/record-info", "suno": "/api/v1/generate/record-info"}.get(
+        family, "/api/v1/jobs/recordInfo"
+    )
     for _ in range(50):  # the simulator's query limit (10/s per key) is shared with the worker
         answer = httpx.get(sim_url + path, params={"taskId": provider_task_id}, headers=bearer("sim-key")).json()
         if answer["code"] == 200:
@@ -328,7 +356,8 @@ def sent_to_provider(sim_url: str, family: str, provider_task_id: str) -> dict[s
 async def test_bundled_prices_quote_hold_capture(
     procs: Processes, pool: asyncpg.Pool, make_account: MakeAccount
 ) -> None:
-    sim = procs.sim("--time-scale", "0.2")
+    # --strict: the simulator refuses any field a model does not take, as the provider does.
+    sim = procs.sim("--time-scale", "0.2", "--strict")
     api = procs.api()
     procs.worker(env={"KIE_TIMEOUT": "3"})
     account, key = await make_account(credits=5000, tier="pro_plus")
@@ -343,6 +372,8 @@ async def test_bundled_prices_quote_hold_capture(
         (body(SEEDREAM, f"one image {fast}"), 6),
         (body(SEEDREAM, f"four images {fast}", max_images=4, seed=7), 24),
         (body(SEEDREAM, f"six images {fast}", max_images=6, image_resolution="4K"), 36),
+        (body("google/nano-banana", f"banana {fast}", image_size="21:9"), 4),
+        (body("suno/v4-5", f"a song {fast}", custom_mode=True, style="jazz", title="Dawn"), 12),
     ]
     async with httpx.AsyncClient(base_url=api.url, timeout=10) as client:
         ids = []
@@ -365,11 +396,16 @@ async def test_bundled_prices_quote_hold_capture(
         sent = sent_to_provider(sim.url, row["family"], row["provider_task_id"])
         for name, value in payload["input"].items():
             assert row["input"][name] == value
+        stored = row["input"]
         if row["family"] == "jobs":
-            assert sent["input"] == row["input"]
+            assert sent["input"] == stored
+        elif row["family"] == "veo":
+            assert sent["prompt"] == stored["prompt"]
+            assert (sent["resolution"], sent["aspect_ratio"]) == (stored["resolution"], stored["aspect_ratio"])
         else:
-            assert sent["prompt"] == row["input"]["prompt"]
-            assert sent["resolution"] == row["input"]["resolution"]
+            assert sent["prompt"] == stored["prompt"]
+            assert (sent["customMode"], sent["instrumental"]) == (stored["custom_mode"], stored["instrumental"])
+            assert (sent["style"], sent["title"]) == (stored["style"], stored["title"])
     assert await account_state(pool, account.id) == (5000 - total, 0)
     await clean_audit(pool, {account.id})
 
@@ -378,7 +414,7 @@ async def test_bundled_prices_quote_hold_capture(
 async def test_a_price_change_between_submit_and_settle_does_not_move_the_price(
     procs: Processes, pool: asyncpg.Pool, make_account: MakeAccount, tmp_path: Path
 ) -> None:
-    procs.sim("--time-scale", "0.2")
+    procs.sim("--time-scale", "0.2", "--strict")
     api = procs.api()
     worker = procs.worker(env={"KIE_TIMEOUT": "3"})
     account, key = await make_account(credits=1000, tier="pro_plus")

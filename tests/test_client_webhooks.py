@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 from arq.connections import ArqRedis
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from shared import callback_urls, queue, webhooks
+from shared import callback_urls, queue, redis_keys, webhooks
 from shared.config import Settings
 from shared.ledger import audit, tasks
 from shared.ledger import webhooks as outbox
@@ -225,7 +225,7 @@ async def test_a_flushed_redis_loses_no_delivery(
         task_id = await _queued_task(pool, settings, acct.id, rcv.url)
         assert (await client.post(f"/v1/jobs/{task_id}/cancel", headers=bearer(key))).status_code == 200
         (pending,) = await _deliveries(client, key, task_id)
-        job_key = f"arq:job:{queue.delivery_job_id(pending['webhookId'])}"
+        job_key = f"arq:job:{redis_keys.delivery_job_id(pending['webhookId'])}"
         assert await redis.exists(job_key)  # scheduled in Redis by the cancel ...
         await redis.flushdb()  # ... and lost
         assert not await redis.exists(job_key)

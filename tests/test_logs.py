@@ -167,7 +167,7 @@ async def test_a_500_logs_its_traceback_as_json_with_the_request_id(api_settings
         configure(api_settings)
     assert r.status_code == 500
     lines = [json.loads(line) for line in stream.getvalue().splitlines() if line.startswith("{")]
-    [line] = [x for x in lines if x.get("event") == "internal error"]
+    [line] = [x for x in lines if x.get("event") == "request.internal_error"]
     assert line["request_id"] == "req-trace-1"
     assert line["level"] == "error" and line["path"] == "/boom"
     [exc] = line["exception"]

@@ -21,7 +21,7 @@ import stripe
 
 from shared.config import Settings
 from shared.ledger import audit, money, payments
-from shared.ledger.stripe_events import interpret
+from shared.payment_events import interpret
 from shared.pricing import Pricing, Tier, load
 from shared.signature import sign, verify
 from tests import stripe_events as se

@@ -21,7 +21,7 @@ import pytest
 import redis.asyncio as aioredis
 from arq.connections import ArqRedis
 
-from shared import queue
+from shared import queue, redis_keys
 from shared.config import Settings
 from tests.apiserver import ADMIN, free_port
 from tests.conftest import Processes
@@ -30,7 +30,7 @@ IMAGE = "google/nano-banana"
 
 
 async def _poke_jobs(redis: aioredis.Redis, task_id: str) -> list[str]:
-    keys = [k.decode() async for k in redis.scan_iter(f"arq:job:{queue.poke_id(task_id)}*")]
+    keys = [k.decode() async for k in redis.scan_iter(f"arq:job:{redis_keys.poke_job_id(task_id)}*")]
     return sorted(keys)
 
 
@@ -49,7 +49,7 @@ async def test_a_flood_of_pokes_queues_two(settings: Settings, redis: aioredis.R
         assert score == int(scheduled)  # runs at the window's end
         assert 4.0 <= int(scheduled) / 1000 - time.time() <= 5.5
         # A callback after that scheduled poke ran but within its window schedules the next one; never two ahead.
-        gate = queue.poke_gate_key(local, task_id)
+        gate = redis_keys.poke_gate(local.queue_name, task_id)
         await redis.set(gate, int(time.time() * 1000) - 1000)  # as if the scheduled poke went a second ago
         assert await queue.poke(arq, local, task_id)
         assert not await queue.poke(arq, local, task_id)

@@ -1,4 +1,4 @@
-"""The pure reading of Stripe events (shared.ledger.stripe_events): the shapes of before basil as well as today's,
+"""The pure reading of Stripe events (shared.payment_events): the shapes of before basil as well as today's,
 and what is not creditq's. No database: these are the intents that cq_apply_payment_event is then given."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from shared.config import Settings
-from shared.ledger.stripe_events import NOT_OURS, interpret
+from shared.payment_events import NOT_OURS, interpret
 from shared.pricing import Pricing, load
 from tests import stripe_events as se
 

@@ -29,11 +29,11 @@ import structlog
 from arq import Retry
 from redis.exceptions import RedisError
 
-from shared import callback_urls, db, queue, webhooks
+from shared import callback_urls, db, queue, redis_keys, webhooks
 from shared.errors import NotFound, Unavailable
 from shared.ledger import tasks
 from shared.ledger import webhooks as outbox
-from worker import fleet
+from worker import interval_lock
 from worker.runtime import Runtime
 
 log = structlog.get_logger("creditq.worker")
@@ -142,5 +142,5 @@ async def sweep(rt: Runtime) -> int:
 async def sweep_loop(rt: Runtime) -> None:
     """Run :func:`sweep` about every ``CREDITQ_SWEEP_SECONDS`` across all workers, until cancelled."""
     interval = rt.settings.sweep_seconds
-    key = f"{rt.settings.queue_name}:delivery-sweep"
-    await fleet.once_per_interval(rt, key, interval, min(1.0, interval / 4), sweep, "delivery.sweep_failed")
+    key = redis_keys.delivery_sweep_lock(rt.settings.queue_name)
+    await interval_lock.once_per_interval(rt, key, interval, min(1.0, interval / 4), sweep, "delivery.sweep_failed")

@@ -22,9 +22,9 @@ import time
 
 import structlog
 
-from shared import metrics
+from shared import metrics, redis_keys
 from shared.ledger.audit import audit
-from worker import fleet
+from worker import interval_lock
 from worker.runtime import Runtime
 
 log = structlog.get_logger("creditq.worker")
@@ -33,16 +33,6 @@ CREDIT_BALANCE_SECONDS = 60.0
 # The audit reads every ledger entry: every few minutes is enough to page on a broken invariant.
 AUDIT_SECONDS = 300.0
 FAILURE_LOG_SECONDS = 60.0  # a Redis outage would otherwise log a line per push
-
-
-def audit_lock_key(queue_name: str) -> str:
-    """The lock that makes one worker of the fleet run the audit per interval."""
-    return f"{queue_name}:auditrun"
-
-
-def credit_balance_key(queue_name: str) -> str:
-    """The lock that makes one worker of the fleet poll the balance per interval."""
-    return f"{queue_name}:creditbalance"
 
 
 async def metrics_push_loop(rt: Runtime, worker_id: str | None = None) -> None:
@@ -86,8 +76,8 @@ async def poll_credit_balance(rt: Runtime) -> float | None:
 
 async def provider_credit_loop(rt: Runtime, interval: float = CREDIT_BALANCE_SECONDS) -> None:
     """Poll the provider's balance about every ``interval`` seconds across the fleet, until cancelled."""
-    key = credit_balance_key(rt.settings.queue_name)
-    await fleet.once_per_interval(
+    key = redis_keys.credit_balance_lock(rt.settings.queue_name)
+    await interval_lock.once_per_interval(
         rt, key, interval, min(5.0, interval / 4), poll_credit_balance, "provider.credits_failed"
     )
 
@@ -107,5 +97,5 @@ async def run_audit(rt: Runtime) -> int:
 
 async def audit_loop(rt: Runtime, interval: float = AUDIT_SECONDS) -> None:
     """Run :func:`run_audit` about every ``interval`` seconds across the fleet, until cancelled."""
-    key = audit_lock_key(rt.settings.queue_name)
-    await fleet.once_per_interval(rt, key, interval, min(10.0, interval / 4), run_audit, "audit.failed")
+    key = redis_keys.audit_lock(rt.settings.queue_name)
+    await interval_lock.once_per_interval(rt, key, interval, min(10.0, interval / 4), run_audit, "audit.failed")

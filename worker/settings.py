@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import structlog
 from arq.worker import func
 
-from shared import queue
+from shared import queue, redis_keys
 from shared.config import Settings
 from worker import deliveries, jobs, observe, sweeper
 from worker.runtime import close_runtime, open_runtime
@@ -91,7 +91,7 @@ def make(settings: Settings) -> type:
         # SIGTERM: stop taking jobs, let the steps in flight end (they are short), then exit.
         job_completion_wait = int(timeout) + 1
         poll_delay = 0.2
-        health_check_key = f"{settings.queue_name}:health-check"
+        health_check_key = redis_keys.worker_health_check(settings.queue_name)
         health_check_interval = 30
 
     return WorkerSettings

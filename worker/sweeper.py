@@ -17,20 +17,15 @@ import random
 
 import structlog
 
-from shared import metrics, queue
+from shared import metrics, queue, redis_keys
 from shared.ledger import money, tasks
-from worker import fleet, jobs, observe
+from worker import interval_lock, jobs, observe
 from worker.runtime import Runtime
 
 log = structlog.get_logger("creditq.worker")
 
 CREDIT_POLL_SECONDS = 3.0
 EXPIRY_BATCH = 500  # accounts per expiry transaction
-
-
-def sweeper_key(queue_name: str) -> str:
-    """The Redis lock that lets one worker sweep per interval."""
-    return f"{queue_name}:sweeper"
 
 
 async def sweep(rt: Runtime) -> tuple[int, int]:
@@ -55,7 +50,7 @@ async def sweep(rt: Runtime) -> tuple[int, int]:
     if requeued or expired:
         metrics.SWEEPER_RECOVERIES.labels("requeued").inc(requeued)
         metrics.SWEEPER_RECOVERIES.labels("expired").inc(expired)
-        log.info("sweep", requeued=requeued, expired=expired)
+        log.info("sweep.done", requeued=requeued, expired=expired)
     return requeued, expired
 
 
@@ -77,8 +72,8 @@ async def expire_lots(rt: Runtime) -> int:
 async def sweeper_loop(rt: Runtime) -> None:
     """Run :func:`sweep` about every ``CREDITQ_SWEEP_SECONDS`` across all workers, until cancelled."""
     interval = rt.settings.sweep_seconds
-    key = sweeper_key(rt.settings.queue_name)
-    await fleet.once_per_interval(rt, key, interval, min(1.0, interval / 4), sweep, "sweep.failed")
+    key = redis_keys.sweeper_lock(rt.settings.queue_name)
+    await interval_lock.once_per_interval(rt, key, interval, min(1.0, interval / 4), sweep, "sweep.failed")
 
 
 async def running_count_loop(rt: Runtime) -> None:
@@ -99,7 +94,7 @@ async def credit_poll_loop(rt: Runtime) -> None:
     balance every few seconds and closes its circuit once there are credits. Circuits opened for a bad key
     (401) or a usage cap (433) are left to their cool-down: the next create probes them. Runs until cancelled.
     (The balance shown on /metrics is polled, circuit or not, by :func:`worker.observe.provider_credit_loop`.)"""
-    lock = f"{rt.settings.queue_name}:creditpoll"
+    lock = redis_keys.credit_poll_lock(rt.settings.queue_name)
     while True:
         await asyncio.sleep(CREDIT_POLL_SECONDS * random.uniform(0.8, 1.2))
         try:

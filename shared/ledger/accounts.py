@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import re
 import secrets
 import unicodedata
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeAlias
 
 import asyncpg
 
 from shared.errors import Conflict, InvalidInput, NotFound
+from shared.ledger import cursors
 from shared.ledger.sqlerrors import mapped
 
 # An asyncpg Connection or Pool: both have fetch/fetchrow/fetchval/execute. asyncpg ships no types, so Any.
@@ -148,13 +146,15 @@ async def create_key(conn: Conn, ref: str, expires_at: datetime | None = None) -
     return str(key_id), key
 
 
-async def revoke_key(conn: Conn, key_id: str) -> None:
-    """Revoke a key (idempotent: a revoked key stays revoked at its first time). Raises NotFound."""
-    done = await conn.fetchval(
-        "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1 RETURNING id", key_id
+async def revoke_key(conn: Conn, key_id: str) -> str:
+    """Revoke a key (idempotent: a revoked key stays revoked at its first time); returns its account id. Raises
+    NotFound."""
+    account_id = await conn.fetchval(
+        "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1 RETURNING account_id", key_id
     )
-    if done is None:
+    if account_id is None:
         raise NotFound(f"no key {key_id!r}")
+    return str(account_id)
 
 
 async def ping(conn: Conn) -> None:
@@ -162,21 +162,32 @@ async def ping(conn: Conn) -> None:
     await conn.fetchval("SELECT 1")
 
 
+REVOKED = "this API key was revoked"
+EXPIRED = "this API key has expired"
+
+
 async def authenticate(conn: Conn, key: str) -> KeyCheck | None:
     """Resolve an API key; None when unknown. One indexed lookup on the key's hash."""
+    found = await authenticate_hashed(conn, hash_key(key))
+    return None if found is None else found[0]
+
+
+async def authenticate_hashed(conn: Conn, key_hash: bytes) -> tuple[KeyCheck, datetime | None] | None:
+    """Resolve an API key by its hash (:func:`hash_key`): what it resolves to now and the key's expiry (None:
+    never), or None when unknown. One indexed lookup; reads only."""
     r = await conn.fetchrow(
         "SELECT a.*, k.id AS key_id, k.revoked_at, k.expires_at, now() AS now "
         "FROM api_keys k JOIN accounts a ON a.id = k.account_id WHERE k.key_hash = $1",
-        hash_key(key),
+        key_hash,
     )
     if r is None:
         return None
     why = ""
     if r["revoked_at"] is not None:
-        why = "this API key was revoked"
+        why = REVOKED
     elif r["expires_at"] is not None and r["expires_at"] <= r["now"]:
-        why = "this API key has expired"
-    return KeyCheck(Account.from_record(r), r["key_id"], usable=not why, why=why)
+        why = EXPIRED
+    return KeyCheck(Account.from_record(r), r["key_id"], usable=not why, why=why), r["expires_at"]
 
 
 def entry_view(r: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
@@ -202,60 +213,11 @@ def entry_view(r: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
     return view
 
 
-def encode_cursor(value: str) -> str:
-    return base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
-
-
-_CURSOR_CHARS = re.compile(r"[A-Za-z0-9_\-]{1,600}")
-_CURSOR_ID = re.compile(r"[\x21-\x7e]{1,255}")  # creditq's ids and payment event ids: visible ASCII
-
-
-def _bad_cursor() -> InvalidInput:
-    return InvalidInput("cursor is not valid", details=[{"field": "cursor", "message": "is not a cursor of this list"}])
-
-
-def decode_cursor(cursor: str) -> str:
-    """The text inside a cursor (URL-safe base64 of ASCII). Raises InvalidInput for a cursor this service did
-    not make."""
-    if not _CURSOR_CHARS.fullmatch(cursor):
-        raise _bad_cursor()
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise _bad_cursor() from None
-    if not text.isprintable():
-        raise _bad_cursor()
-    return text
-
-
-def decode_id_cursor(cursor: str) -> int:
-    """A cursor of an entry id: ASCII digits of a positive bigint. Raises InvalidInput otherwise."""
-    raw = decode_cursor(cursor)
-    if not (0 < len(raw) <= 19 and raw.isascii() and raw.isdigit()) or int(raw) > 2**63 - 1:
-        raise _bad_cursor()
-    return int(raw)
-
-
-def decode_keyset_cursor(cursor: str) -> tuple[datetime, str]:
-    """A cursor of ``<ISO timestamp>|<id>`` (a keyset on created_at, id): the timestamp in UTC and the id.
-    Raises InvalidInput for anything else (not ASCII, a date Python or Postgres cannot hold, an id of other
-    characters than creditq's ids use)."""
-    ts, sep, after_id = decode_cursor(cursor).partition("|")
-    if not sep or not _CURSOR_ID.fullmatch(after_id) or len(ts) > 40:
-        raise _bad_cursor()
-    try:
-        when = datetime.fromisoformat(ts)
-        when = when.astimezone(UTC) if when.tzinfo is not None else when.replace(tzinfo=UTC)
-    except (ValueError, OverflowError):
-        raise _bad_cursor() from None
-    return when, after_id
-
-
 async def list_entries(
     conn: Conn, account_id: str, limit: int, cursor: str | None
 ) -> tuple[list[dict[str, Any]], str | None]:
     """One page of the account's entries, newest first, and the cursor of the next page (None at the end)."""
-    before = decode_id_cursor(cursor) if cursor else 2**63 - 1
+    before = cursors.decode_id(cursor) if cursor else cursors.MAX_ID
     rows = await conn.fetch(
         "SELECT * FROM ledger_entries WHERE account_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
         account_id,
@@ -263,5 +225,5 @@ async def list_entries(
         limit + 1,
     )
     items = [entry_view(r) for r in rows[:limit]]
-    next_cursor = encode_cursor(str(rows[limit - 1]["id"])) if len(rows) > limit else None
+    next_cursor = cursors.encode_id(rows[limit - 1]["id"]) if len(rows) > limit else None
     return items, next_cursor

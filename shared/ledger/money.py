@@ -5,7 +5,7 @@ a hold freezes credits (``held`` grows, ``balance`` does not move); settling cap
 (``balance`` falls) and releases the rest.
 
 Credits and transfers log one JSON line each (``money.credit``, ``money.transfer``) once committed; a repeat of
-an idempotent request logs the first entry's id again. Task holds are reported by :mod:`shared.ledger.observe`.
+an idempotent request logs the first entry's id again. Task holds are reported by :mod:`shared.ledger.reports`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import structlog
 from shared.ledger.accounts import Conn
 from shared.ledger.sqlerrors import mapped
 
-log = structlog.get_logger("creditq.ledger")
+log = structlog.get_logger("creditq.shared.ledger")
 
 CREDIT_KINDS = ("grant", "purchase", "subscription", "adjustment")
 

@@ -5,7 +5,7 @@ The flow (the webhook route, the admin re-apply and ``creditq audit --fix`` all 
 1. :func:`store_event` inserts the event, keyed by its id, before anything else happens to it. Types
    creditq does not act on are stored as ``ignored``; the rest as ``pending``. A repeat of an id returns the
    stored row (the first payload is kept: it is the record of what was received).
-2. :func:`apply_event` reads what the event asks for (:func:`shared.ledger.stripe_events.interpret`, pure
+2. :func:`apply_event` reads what the event asks for (:func:`shared.payment_events.interpret`, pure
    Python, because it needs the price list and knows Stripe's shapes), then calls the SQL function
    ``cq_apply_payment_event`` (migrations/007_money_over_time.sql): one round trip, one transaction that
    locks the event row, finds the account (or the purchase a refund names), writes the ledger entry (and the
@@ -20,13 +20,11 @@ them, and the losers find the event applied. Behind it, for different event ids:
 service period), the purchase row lock and the refund and dispute ids. Nothing here writes a balance except
 through the SQL money functions.
 
-What each event type does is in :mod:`shared.ledger.stripe_events` (and docs/API.md, "Payment events").
+What each event type does is in :mod:`shared.payment_events` (and docs/API.md, "Payment events").
 """
 
 from __future__ import annotations
 
-import base64
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeAlias
@@ -35,20 +33,19 @@ import asyncpg
 import structlog
 
 from shared.errors import Conflict, InvalidInput, NotFound
-from shared.ledger.accounts import decode_keyset_cursor
+from shared.ledger import cursors
 from shared.ledger.audit import Fixer, Problem
 from shared.ledger.sqlerrors import mapped
-from shared.ledger.stripe_events import initial_status, interpret
+from shared.payment_events import initial_status, interpret
 from shared.pricing import Pricing
 
-log = structlog.get_logger()
+log = structlog.get_logger("creditq.shared.ledger")
 
 # A connection, or a pool for one statement on any of its connections. (Declared here as an explicit alias:
 # asyncpg is untyped, and mypy rejects an implicit alias of two Any types.)
 Conn: TypeAlias = "asyncpg.Connection | asyncpg.Pool"
 
 STATUSES = ("pending", "applied", "ignored", "dismissed")
-MAX_EVENT_ID_LENGTH = 255
 MAX_DISMISS_REASON_LENGTH = 500
 
 
@@ -144,25 +141,6 @@ class Outcome:
         return out
 
 
-# --- Reading an event ---------------------------------------------------------------------------------------
-
-
-def event_identity(event: Mapping[str, Any]) -> tuple[str, str]:
-    """(id, type) of a parsed event. Raises InvalidInput (422) when either is missing or not a string: such an
-    event cannot be stored (it has no key), so the sender is told at once. Pure."""
-    event_id, event_type = event.get("id"), event.get("type")
-    details = []
-    if not isinstance(event_id, str) or not event_id or len(event_id) > MAX_EVENT_ID_LENGTH:
-        details.append({"field": "id", "message": f"must be a string of 1 to {MAX_EVENT_ID_LENGTH} chars"})
-    if not isinstance(event_type, str) or not event_type:
-        details.append({"field": "type", "message": "must be a non-empty string"})
-    if details:
-        raise InvalidInput("the event needs a string id and type", details=details)
-    assert isinstance(event_id, str)
-    assert isinstance(event_type, str)
-    return event_id, event_type
-
-
 # --- Storing and applying -----------------------------------------------------------------------------------
 
 _STORE = """
@@ -202,7 +180,7 @@ async def store_event(conn: Conn, event_id: str, event_type: str, event: dict[st
             stored = StoredEvent.from_record(r, inserted=r["inserted"])
             if not stored.inserted and stored.payload != event:
                 # Senders resend an event unchanged; a different body under the same id is worth a look.
-                log.warning("payment event resent with another payload; the first is kept", event_id=event_id)
+                log.warning("payment_event.resent_changed", event_id=event_id)
             return stored
     raise AssertionError(f"payment event {event_id} neither inserted nor found")
 
@@ -259,7 +237,7 @@ async def apply_event(conn: Conn, pricing: Pricing, event_id: str, stored: Store
     outcome = _outcome(StoredEvent.from_record(r), applied=r["applied"], credited=r["credited"], entry_id=r["entry_id"])
     if outcome.status == "pending":
         log.warning(
-            "payment event not applied",
+            "payment_event.not_applied",
             event_id=event_id,
             event_type=event.type,
             account_id=outcome.account_id,
@@ -268,7 +246,7 @@ async def apply_event(conn: Conn, pricing: Pricing, event_id: str, stored: Store
         )
     elif outcome.applied:
         log.info(
-            "payment event applied",
+            "payment_event.applied",
             event_id=event_id,
             event_type=event.type,
             account_id=outcome.account_id,
@@ -296,7 +274,7 @@ async def dismiss_event(conn: Conn, event_id: str, reason: str) -> StoredEvent:
     event = StoredEvent.from_record(r)
     if event.status != "dismissed":
         raise Conflict(f"payment event {event_id} is {event.status}: only a pending event can be dismissed")
-    log.info("payment event dismissed", event_id=event_id, reason=event.dismissed_reason)
+    log.info("payment_event.dismissed", event_id=event_id, reason=event.dismissed_reason)
     return event
 
 
@@ -325,7 +303,7 @@ async def list_events(
     before_at: datetime | None = None
     before_id = ""
     if cursor:
-        before_at, before_id = decode_keyset_cursor(cursor)
+        before_at, before_id = cursors.decode_keyset(cursor)
     rows = await conn.fetch(
         "SELECT *, false AS inserted FROM payment_events "
         "WHERE ($1::text IS NULL OR status = $1) "
@@ -342,8 +320,7 @@ async def list_events(
     next_cursor = None
     if len(rows) > limit:
         last = events[-1]
-        raw = f"{last.received_at.isoformat()}|{last.id}".encode()
-        next_cursor = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        next_cursor = cursors.encode_keyset(last.received_at, last.id)
     return events, next_cursor
 
 

@@ -1,7 +1,7 @@
 """The task store and the task transactions.
 
 Money moves only in :func:`submit` (task + hold) and :func:`finish` (terminal state + capture or release); each is
-one SQL function call, reported once it committed by :mod:`shared.ledger.observe` (log lines, metrics). Everything
+one SQL function call, reported once it committed by :mod:`shared.ledger.reports` (log lines, metrics). Everything
 else here moves a task's bookkeeping (provider id, next check) and no money.
 """
 
@@ -26,8 +26,8 @@ from shared.errors import (
     NotCancelable,
     NotFound,
 )
-from shared.ledger import observe
-from shared.ledger.accounts import Conn, decode_keyset_cursor, encode_cursor
+from shared.ledger import cursors, reports
+from shared.ledger.accounts import Conn
 from shared.ledger.sqlerrors import mapped
 from shared.pricing import Model
 
@@ -112,9 +112,9 @@ async def submit_batch(
         else:
             if r["outcome"] == "inserted":
                 if contexts is None:
-                    observe.submitted(r)
+                    reports.submitted(r)
                 else:
-                    contexts[i].run(observe.submitted, r)
+                    contexts[i].run(reports.submitted, r)
             out.append(Submitted(r, r["outcome"] == "inserted"))
     return out
 
@@ -255,7 +255,7 @@ async def list_for_account(
     after_ts: datetime | None = None
     after_id = ""
     if cursor:
-        after_ts, after_id = decode_keyset_cursor(cursor)
+        after_ts, after_id = cursors.decode_keyset(cursor)
     rows = await conn.fetch(
         "SELECT * FROM tasks WHERE account_id = $1 AND ($2::text IS NULL OR status = $2) "
         "AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4)) "
@@ -269,7 +269,7 @@ async def list_for_account(
     next_cursor = None
     if len(rows) > limit:
         last = rows[limit - 1]
-        next_cursor = encode_cursor(f"{last['created_at'].isoformat()}|{last['id']}")
+        next_cursor = cursors.encode_keyset(last["created_at"], last["id"])
     return list(rows[:limit]), next_cursor
 
 
@@ -299,7 +299,7 @@ async def finish(
         )
     assert r is not None
     if r["changed"]:
-        observe.finished(r)
+        reports.finished(r)
     return r, r["changed"]
 
 
@@ -310,7 +310,7 @@ async def cancel(conn: Conn, task_id: str, account_id: str) -> asyncpg.Record:
         r = await conn.fetchrow("SELECT (c.task).*, c.changed FROM cq_cancel_task($1, $2) c", task_id, account_id)
     assert r is not None
     if r["changed"]:
-        observe.finished(r)
+        reports.finished(r)
     if r["changed"] or r["status"] == "canceled":
         return r
     state = "being submitted" if r["status"] == "queued" else r["status"]

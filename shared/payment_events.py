@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from shared.errors import InvalidInput
 from shared.pricing import Pricing
 
 PURCHASE_TYPES = frozenset({"checkout.session.completed", "checkout.session.async_payment_succeeded"})
@@ -74,6 +75,7 @@ MAX_WHOLE = 2**53 - 1
 _DIGITS = re.compile(r"[0-9]{1,16}")  # ASCII only: str.isdigit() would accept "²" and friends
 _CREDITQ_KEYS = ("accountId", "externalId", "credits", "tier")
 NOT_OURS = "not creditq's: no creditq metadata and no account reference"
+MAX_EVENT_ID_LENGTH = 255
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +174,22 @@ def _nfc(ref: str | None) -> str | None:
 
 def _ours(obj: Mapping[str, Any], meta: Mapping[str, Any]) -> bool:
     return any(meta.get(k) is not None for k in _CREDITQ_KEYS) or _text(obj.get("client_reference_id")) is not None
+
+
+def event_identity(event: Mapping[str, Any]) -> tuple[str, str]:
+    """(id, type) of a parsed event. Raises InvalidInput (422) when either is missing or not a string: such an
+    event cannot be stored (it has no key), so the sender is told at once. Pure."""
+    event_id, event_type = event.get("id"), event.get("type")
+    details = []
+    if not isinstance(event_id, str) or not event_id or len(event_id) > MAX_EVENT_ID_LENGTH:
+        details.append({"field": "id", "message": f"must be a string of 1 to {MAX_EVENT_ID_LENGTH} chars"})
+    if not isinstance(event_type, str) or not event_type:
+        details.append({"field": "type", "message": "must be a non-empty string"})
+    if details:
+        raise InvalidInput("the event needs a string id and type", details=details)
+    assert isinstance(event_id, str)
+    assert isinstance(event_type, str)
+    return event_id, event_type
 
 
 def initial_status(event_type: str, event: Mapping[str, Any]) -> tuple[str, str | None]:

@@ -3,7 +3,7 @@
 This module is the API's one edge: every check of what a request may carry happens here (docs/API.md, "Limits
 at the edge"), so that nothing Postgres cannot store ever reaches a handler or the ledger:
 
-- :class:`EdgeChecks` (ASGI middleware) refuses paths and query strings with control characters (a NUL in
+- :func:`edge_refusal` (run by the one middleware, :class:`api.middleware.Edge`) refuses paths and query strings with control characters (a NUL in
   ``/v1/jobs/%00`` or ``?task=%00``) or over-long parts before any route runs: a path → 404 ``not_found`` (no
   id can have them, and an unknown id is 404), a query parameter → 422 ``validation_error``.
 - :func:`parse_object` refuses duplicate keys (400 ``invalid_json``) and, anywhere in the body (keys and
@@ -29,7 +29,7 @@ from typing import Any, Literal, overload
 from urllib.parse import parse_qsl
 
 from starlette.requests import Request
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope
 
 from api.errors import error_response
 from shared.errors import InvalidInput, InvalidJson, PayloadTooLarge
@@ -233,9 +233,20 @@ def idempotency_key(request: Request) -> str | None:
     return key
 
 
+def query_value(request: Request, name: str) -> str | None:
+    """The query parameter ``name``, or None. Given more than once it is refused (422), as a second
+    ``Idempotency-Key`` is: which one was meant cannot be known. Raises InvalidInput."""
+    values = request.query_params.getlist(name)
+    if len(values) > 1:
+        raise InvalidInput(
+            f"{name} is given {len(values)} times", details=[{"field": name, "message": "must be given at most once"}]
+        )
+    return values[0] if values else None
+
+
 def query_limit(request: Request, default: int = 20, maximum: int = 100) -> int:
-    """The ``limit`` query parameter: a whole number in 1..maximum. Raises InvalidInput."""
-    raw = request.query_params.get("limit")
+    """The ``limit`` query parameter: a whole number in 1..maximum, at most once. Raises InvalidInput."""
+    raw = query_value(request, "limit")
     if raw is None or raw == "":
         return default
     if not _ascii_digits(raw, 6) or not 1 <= int(raw) <= maximum:
@@ -247,8 +258,8 @@ def query_limit(request: Request, default: int = 20, maximum: int = 100) -> int:
 
 
 def query_choice(request: Request, name: str, choices: Collection[str]) -> str | None:
-    """An optional query parameter that must be one of ``choices``. Raises InvalidInput."""
-    raw = request.query_params.get(name)
+    """An optional query parameter (at most once) that must be one of ``choices``. Raises InvalidInput."""
+    raw = query_value(request, name)
     if raw is None or raw == "":
         return None
     if raw not in choices:
@@ -418,46 +429,31 @@ def parse_timestamp(text: str) -> datetime | None:
         return None
 
 
-class EdgeChecks:
-    """ASGI middleware: refuse what no route could use before any route runs (the one place for path and query
-    checks; bodies and headers are checked by the functions above, as each handler reads them).
+def edge_refusal(scope: Scope) -> Any:
+    """The refusal of what no route could use, before any route runs (the one place for path and query checks;
+    bodies and headers are checked by the functions above, as each handler reads them): an error response, or
+    None. Called by :class:`api.middleware.Edge` for every HTTP request. Pure.
 
     - A path (already %-decoded by the server) with a control character (``/v1/jobs/%00``) or a segment over
       :data:`MAX_PATH_SEGMENT` characters → 404 ``not_found``: no route or id has them.
     - A query parameter (name or value) with a control character (``?task=%00``) or over
       :data:`MAX_QUERY_VALUE` characters → 422 ``validation_error`` naming it.
     """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Answer the refusal, or run the app."""
-        if scope["type"] == "http":
-            refusal = self.refusal(scope)
-            if refusal is not None:
-                await refusal(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-    @staticmethod
-    def refusal(scope: Scope) -> Any:
-        """The error response for this request's path or query, or None. Pure."""
-        path: str = scope.get("path", "")
-        if _CONTROL.search(path) or any(len(part) > MAX_PATH_SEGMENT for part in path.split("/")):
-            return error_response(404, "not_found", "no such resource: the path holds characters no id has")
-        query = scope.get("query_string", b"").decode("latin-1")
-        if not query:
-            return None
-        for name, value in parse_qsl(query, keep_blank_values=True):
-            for part in (name, value):
-                if _CONTROL.search(part) or len(part) > MAX_QUERY_VALUE:
-                    field = name if len(name) <= 40 and not _CONTROL.search(name) else "(query)"
-                    message = f"must be at most {MAX_QUERY_VALUE} characters, without control characters"
-                    return error_response(
-                        422,
-                        "validation_error",
-                        f"query parameter {field} {message}",
-                        details=[{"field": field, "message": message}],
-                    )
+    path: str = scope.get("path", "")
+    if _CONTROL.search(path) or any(len(part) > MAX_PATH_SEGMENT for part in path.split("/")):
+        return error_response(404, "not_found", "no such resource: the path holds characters no id has")
+    query = scope.get("query_string", b"").decode("latin-1")
+    if not query:
         return None
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        for part in (name, value):
+            if _CONTROL.search(part) or len(part) > MAX_QUERY_VALUE:
+                field = name if len(name) <= 40 and not _CONTROL.search(name) else "(query)"
+                message = f"must be at most {MAX_QUERY_VALUE} characters, without control characters"
+                return error_response(
+                    422,
+                    "validation_error",
+                    f"query parameter {field} {message}",
+                    details=[{"field": field, "message": message}],
+                )
+    return None

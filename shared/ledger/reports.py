@@ -22,7 +22,7 @@ import structlog
 
 from shared import metrics
 
-log = structlog.get_logger("creditq.ledger")
+log = structlog.get_logger("creditq.shared.ledger")
 
 
 def _fields(task: Mapping[str, Any]) -> dict[str, Any]:

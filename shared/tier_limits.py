@@ -2,7 +2,7 @@
 
 Enforced in Redis, one Lua script per operation, so every check-and-count is atomic and exact however many
 API processes race. Redis's own clock (``TIME``) is the only clock, so API hosts with skewed clocks agree on
-the day and on the cooldown. Keys, all under ``{queue_name}:limits:`` and all expiring by themselves:
+the day and on the cooldown. Keys (named in shared/redis_keys.py), all expiring by themselves:
 
 - ``live:<account>``: ZSET task id → deadline (ms), the account's live jobs. A member past its deadline is
   pruned, so a release that never came (a crashed worker) frees the slot at the deadline anyway.
@@ -26,7 +26,7 @@ import hashlib
 import math
 import random
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Any, cast
 
 from redis.asyncio import Redis
@@ -34,9 +34,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from shared import redis_keys
 from shared.config import Settings
 from shared.errors import RateLimited, Unavailable
 from shared.pricing import Tier
+from shared.queue import JobWrite
 
 # A reservation older than this is pending no more: its API process died between reserve and commit.
 PENDING_MS = 30_000
@@ -122,6 +124,45 @@ _CONFIRM = """
 return redis.call('ZREM', KEYS[1], ARGV[1])
 """
 
+# After the submit committed, in one round trip: the limit bookkeeping (ARGV[2] 'confirm': the reservation taken
+# before is pending no more; 'count': the tier limits nothing, so nothing was reserved before, and the job is
+# counted now, as a reservation would have) and the arq job, written as ArqRedis.enqueue_job writes it (job key
+# with its expiry, queue entry with its score) unless a job or result of that id exists (arq's uniqueness).
+# KEYS: live, pending, daily, cooldown (unused), arq job key, arq result key, arq queue.
+# ARGV: task, mode, lifetime ms, arq job id, job bytes, score ms, job key expiry ms. Returns 1 if enqueued.
+_ADMIT = """
+local task = ARGV[1]
+if ARGV[2] == 'confirm' then
+    redis.call('ZREM', KEYS[2], task)
+else
+    local t = redis.call('TIME')
+    local now_s = tonumber(t[1])
+    local now = now_s * 1000 + math.floor(tonumber(t[2]) / 1000)
+    local day = math.floor(now_s / 86400)
+    local lifetime = tonumber(ARGV[3])
+    redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+    if not redis.call('ZSCORE', KEYS[1], task) then
+        redis.call('ZADD', KEYS[1], now + lifetime, task)
+        if redis.call('PTTL', KEYS[1]) < lifetime then
+            redis.call('PEXPIRE', KEYS[1], lifetime)
+        end
+        for _, field in ipairs(redis.call('HKEYS', KEYS[3])) do
+            if tonumber(field) ~= day then
+                redis.call('HDEL', KEYS[3], field)
+            end
+        end
+        redis.call('HINCRBY', KEYS[3], day, 1)
+        redis.call('EXPIRE', KEYS[3], 172800)
+    end
+end
+if redis.call('EXISTS', KEYS[5], KEYS[6]) > 0 then
+    return 0
+end
+redis.call('PSETEX', KEYS[5], ARGV[7], ARGV[5])
+redis.call('ZADD', KEYS[7], ARGV[6], ARGV[4])
+return 1
+"""
+
 _RELEASE = """
 redis.call('ZREM', KEYS[2], ARGV[1])
 return redis.call('ZREM', KEYS[1], ARGV[1])
@@ -153,8 +194,9 @@ class _Script:
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
 
-    async def __call__(self, redis: Redis, keys: list[str], args: list[str | int | float]) -> Any:
-        argv = [*keys, *(str(a) for a in args)]
+    async def __call__(self, redis: Redis, keys: list[str], args: Sequence[str | int | float | bytes]) -> Any:
+        # bytes go as they are (an arq job's pickle), the rest as text.
+        argv: list[Any] = [*keys, *(a if isinstance(a, bytes) else str(a) for a in args)]
         try:
             try:
                 return await cast(Awaitable[Any], redis.evalsha(self.sha, len(keys), *argv))
@@ -167,21 +209,18 @@ class _Script:
 _reserve = _Script(_RESERVE)
 _undo = _Script(_UNDO)
 _confirm = _Script(_CONFIRM)
+_admit = _Script(_ADMIT)
 _release = _Script(_RELEASE)
 _usage = _Script(_USAGE)
 
 
-def _prefix(settings: Settings) -> str:
-    return f"{settings.queue_name}:limits:"
-
-
 def _keys(settings: Settings, account_id: str, kind: str) -> list[str]:
-    p = _prefix(settings)
+    q = settings.queue_name
     return [
-        f"{p}live:{account_id}",
-        f"{p}pending:{account_id}",
-        f"{p}daily:{account_id}",
-        f"{p}cooldown:{account_id}:{kind}",
+        redis_keys.limits_live(q, account_id),
+        redis_keys.limits_pending(q, account_id),
+        redis_keys.limits_daily(q, account_id),
+        redis_keys.limits_cooldown(q, account_id, kind),
     ]
 
 
@@ -246,6 +285,44 @@ async def reserve(
         f"the {tier.name} tier allows {tier.concurrent_jobs} jobs at once; wait for one to finish",
         retry_after=min(5, _seconds(int(wait_ms))),
     )
+
+
+def limited(tier: Tier, kind: str) -> bool:
+    """True when the tier limits jobs of ``kind`` at all (a daily, concurrent or cooldown limit): then a submit
+    must :func:`reserve` before it holds credits. When False, nothing can refuse it here, so the job is counted
+    after its commit, by :func:`admit` with ``reserved`` False, in the round trip that queues it."""
+    return bool(tier.daily_jobs or tier.concurrent_jobs or tier.cooldown_seconds.get(kind, 0))
+
+
+async def admit(
+    redis: Redis,
+    settings: Settings,
+    account_id: str,
+    task_id: str,
+    deadline_seconds: float,
+    job: JobWrite,
+    *,
+    reserved: bool,
+) -> bool:
+    """The submit of ``task_id`` committed: settle its limit bookkeeping and queue its arq ``job``, in ONE Redis
+    round trip (one script). ``reserved``: a :func:`reserve` was taken before, and is confirmed (as
+    :func:`confirm`); else the job is counted now (live slot and today's count, as a reservation would have: the
+    tier limits nothing, see :func:`limited`). The job is written as arq's ``enqueue_job`` writes it, unless a job
+    or result of its id exists. Returns True if the job was queued. Idempotent. Raises Unavailable (Redis
+    unreachable) and what Redis raises; the caller decides: the task is committed, the sweeper queues it."""
+    keys = [*_keys(settings, account_id, ""), *job.keys]
+    lifetime_ms = int((deadline_seconds + settings.sweep_seconds) * 1000)
+    mode = "confirm" if reserved else "count"
+    args: list[str | int | float | bytes] = [
+        task_id,
+        mode,
+        lifetime_ms,
+        job.job_id,
+        job.data,
+        job.score_ms,
+        job.expires_ms,
+    ]
+    return bool(await _admit(redis, keys, args))
 
 
 async def confirm(redis: Redis, settings: Settings, account_id: str, task_id: str) -> None:
