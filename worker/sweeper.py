@@ -38,7 +38,7 @@ async def sweep(rt: Runtime) -> tuple[int, int]:
     try:
         await expire_lots(rt)
     except Exception as e:  # the tasks' recovery below must not wait for the lots' expiry
-        log.warning("expire.failed", error=f"{type(e).__name__}: {e}")
+        log.warning("sweep.expire_failed", error=f"{type(e).__name__}: {e}")
     requeued = expired = 0
     for row in await tasks.overdue(rt.pool, rt.settings.sweep_seconds):
         if row["expired"]:
