@@ -88,8 +88,7 @@ async def run_audit(svc: Services, pool: asyncpg.Pool, fix: bool) -> Report:
 
 async def reconcile(request: Request) -> JSONResponse:
     """``GET /v1/admin/reconcile[?fix=true]`` → 200 ``{"ok", "problems"}`` (plus ``"fixed"`` with ``fix``).
-    Raises Forbidden/Unauthenticated (admin token), InvalidInput (bad ``fix``), Unavailable."""
-    require_admin(request)
+    Raises Forbidden/Unauthenticated (admin token, api.auth.admin_mount), InvalidInput (bad ``fix``), Unavailable."""
     fix = _flag(request, "fix")
     svc = services(request)
     pool = await svc.db()
@@ -171,6 +170,7 @@ async def _lookup(data: admin_page.PageData, svc: Services, pool: asyncpg.Pool, 
 
 
 routes = [
-    Route("/v1/admin/reconcile", reconcile, methods=["GET"]),
     Route("/admin", admin, methods=["GET"]),
 ]
+# Under /v1/admin, behind the admin token (api.auth.admin_mount).
+admin_routes = [Route("/reconcile", reconcile, methods=["GET"])]
