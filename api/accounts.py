@@ -11,9 +11,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from api.auth import caller
-from api.requests import query_limit
+from api.parsing import query_limit
 from api.services import Services, services
-from shared import limits
+from shared import tier_limits
 from shared.errors import Unavailable
 from shared.ledger import accounts, money
 
@@ -26,9 +26,9 @@ async def account_view(svc: Services, account: accounts.Account) -> dict[str, An
     """
     tier = svc.pricing.tier(account.tier)
     try:
-        usage = await limits.usage(await svc.arq(), svc.settings, account.id, tier)
+        usage = await tier_limits.usage(await svc.arq(), svc.settings, account.id, tier)
     except Unavailable:
-        usage = limits.unknown_usage(tier)
+        usage = tier_limits.unknown_usage(tier)
     return {
         "accountId": account.id,
         "externalId": account.external_id,

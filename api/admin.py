@@ -10,8 +10,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from api.accounts import account_view
-from api.auth import require_admin
-from api.requests import Fields, idempotency_key, json_object
+from api.parsing import Fields, idempotency_key, json_object
 from api.services import services
 from shared.ledger import accounts, money
 
@@ -21,7 +20,6 @@ MAX_REASON_LENGTH = 500
 async def create_account(request: Request) -> JSONResponse:
     """``POST /v1/admin/accounts`` ``{"tier"?, "credits"?, "externalId"?}`` → 201 account view plus ``apiKey``
     (shown once) and ``keyId``. Raises InvalidInput, Conflict (externalId taken)."""
-    require_admin(request)
     svc = services(request)
     fields = Fields(await json_object(request, optional=True))
     tier = fields.string("tier", choices=list(svc.pricing.tiers)) or "free"
@@ -36,7 +34,6 @@ async def create_account(request: Request) -> JSONResponse:
 async def account(request: Request) -> JSONResponse:
     """``GET /v1/admin/accounts/{id}`` → account view; ``PATCH`` ``{"tier"?, "status"?}`` changes it first.
     ``{id}`` is the accountId or the externalId. Raises NotFound, InvalidInput."""
-    require_admin(request)
     svc = services(request)
     ref = request.path_params["ref"]
     if request.method == "PATCH":
@@ -59,7 +56,6 @@ async def add_credits(request: Request) -> JSONResponse:
     takes available below 0 (402) and may not carry ``expiresAt`` (422). A repeated key answers the first
     entry; the same key with another amount is 409. Raises NotFound, InvalidInput, InsufficientCredits,
     IdempotencyConflict."""
-    require_admin(request)
     svc = services(request)
     body = await json_object(request)
     key = idempotency_key(request)
@@ -101,7 +97,6 @@ def future_expiry(fields: Fields, amount: int) -> datetime | None:
 async def create_key(request: Request) -> JSONResponse:
     """``POST /v1/admin/accounts/{id}/keys`` (optional body ``{"expiresAt": ISO 8601}``) → 201
     ``{"keyId", "apiKey"}``; the key is shown once. Raises NotFound, InvalidInput."""
-    require_admin(request)
     fields = Fields(await json_object(request, optional=True))
     expires_at = fields.timestamp("expiresAt")
     fields.check()
@@ -115,16 +110,16 @@ async def create_key(request: Request) -> JSONResponse:
 async def revoke_key(request: Request) -> Response:
     """``DELETE /v1/admin/keys/{keyId}`` → 204; the key stops working at once in this process, and in the
     others when Postgres's notification reaches them (api.authcache). Idempotent. Raises NotFound."""
-    require_admin(request)
     svc = services(request)
     svc.auth_cache.invalidate(await accounts.revoke_key(await svc.db(), request.path_params["key_id"]))
     return Response(status_code=204)
 
 
-routes = [
-    Route("/v1/admin/accounts", create_account, methods=["POST"]),
-    Route("/v1/admin/accounts/{ref}", account, methods=["GET", "PATCH"]),
-    Route("/v1/admin/accounts/{ref}/credits", add_credits, methods=["POST"]),
-    Route("/v1/admin/accounts/{ref}/keys", create_key, methods=["POST"]),
-    Route("/v1/admin/keys/{key_id}", revoke_key, methods=["DELETE"]),
+# Under /v1/admin, behind the admin token (api.auth.admin_mount).
+admin_routes = [
+    Route("/accounts", create_account, methods=["POST"]),
+    Route("/accounts/{ref}", account, methods=["GET", "PATCH"]),
+    Route("/accounts/{ref}/credits", add_credits, methods=["POST"]),
+    Route("/accounts/{ref}/keys", create_key, methods=["POST"]),
+    Route("/keys/{key_id}", revoke_key, methods=["DELETE"]),
 ]

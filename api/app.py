@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, Mount, Route
 
 from api import (
     accounts,
@@ -28,6 +28,7 @@ from api import (
     transfers,
     webhooks,
 )
+from api.auth import admin_mount
 from api.errors import HANDLERS
 from api.middleware import Edge
 from api.services import Services
@@ -56,7 +57,8 @@ def create_app(settings: Settings) -> Starlette:
         *client_webhooks.routes,
         *events.routes,
         *transfers.routes,
-        *admin.routes,
+        # Every /v1/admin route, behind the one admin-token check.
+        admin_mount([*admin.admin_routes, *lots.admin_routes, *payments.admin_routes, *ops.admin_routes]),
         *lots.routes,
         *webhooks.routes,
         *payments.routes,
@@ -73,6 +75,17 @@ def create_app(settings: Settings) -> Starlette:
     )
     app.state.services = services
     return app
+
+
+def plain_routes(routes: list[BaseRoute], prefix: str = "") -> list[tuple[str, Route]]:
+    """Every plain route of ``routes`` with its full path, through Mounts (``/v1/admin``). Pure."""
+    out: list[tuple[str, Route]] = []
+    for route in routes:
+        if isinstance(route, Mount):
+            out.extend(plain_routes(route.routes, prefix + route.path))
+        elif isinstance(route, Route):
+            out.append((prefix + route.path, route))
+    return out
 
 
 def create_app_from_env() -> Starlette:

@@ -8,10 +8,14 @@
 
 from __future__ import annotations
 
+import functools
 import hmac
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount, Route
 
 from api.services import services
 from shared.errors import Forbidden, Unauthenticated
@@ -85,4 +89,27 @@ def require_admin(request: Request, *, query: bool = False) -> str | None:
         return in_query
     raise Unauthenticated(
         "the admin token is required: send Authorization: Bearer <token> or open /admin?token=<token>"
+    )
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+ADMIN_PREFIX = "/v1/admin"
+
+
+def _admin_only(endpoint: Endpoint) -> Endpoint:
+    @functools.wraps(endpoint)
+    async def checked(request: Request) -> Response:
+        require_admin(request)
+        return await endpoint(request)
+
+    return checked
+
+
+def admin_mount(routes: Sequence[Route]) -> Mount:
+    """Every ``/v1/admin`` route under one Mount, each behind the one admin-token check (:func:`require_admin`,
+    run once per request before its handler). ``routes`` have paths relative to ``/v1/admin``. The check runs
+    after routing, as a handler's first line would: an unknown path is still 404 and a wrong method 405."""
+    return Mount(
+        ADMIN_PREFIX,
+        routes=[Route(r.path, _admin_only(r.endpoint), methods=r.methods, name=r.name) for r in routes],
     )

@@ -78,17 +78,6 @@ async def schedule(svc: Services, webhook_id: str, now: bool = False) -> None:
         log.warning("delivery.enqueue_failed", webhook_id=webhook_id, error=f"{type(e).__name__}: {e}")
 
 
-async def schedule_task(svc: Services, task_id: str) -> None:
-    """Schedule the pending deliveries of a task that just ended here (a cancel). Best effort, as :func:`schedule`."""
-    try:
-        ids = await outbox.pending_for_task(await svc.db(), task_id)
-    except Exception as e:
-        log.warning("delivery.enqueue_failed", task_id=task_id, error=f"{type(e).__name__}: {e}")
-        return
-    for webhook_id in ids:
-        await schedule(svc, webhook_id)
-
-
 routes = [
     Route("/v1/account/webhook-secret", get_secret, methods=["GET"]),
     Route("/v1/account/webhook-secret/rotate", rotate_secret, methods=["POST"]),

@@ -11,22 +11,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import structlog
-from arq.connections import ArqRedis
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from api import client_webhooks
-from api.auth import Caller, caller
-from api.requests import Fields, idempotency_key, json_object, query_choice, query_limit, request_hash
+from api.auth import caller
+from api.parsing import Fields, idempotency_key, json_object, query_choice, query_limit, request_hash
 from api.services import Services, services
-from shared import callback_urls, limits, pricing, queue
-from shared.errors import IdempotencyConflict, InvalidInput, RateLimited, Unavailable
+from shared import admission, callback_urls, pricing, settlement
+from shared.errors import InvalidInput
 from shared.ledger import tasks
 from shared.pricing import Model
-
-log = structlog.get_logger()
 
 
 async def list_models(request: Request) -> JSONResponse:
@@ -91,38 +86,20 @@ async def quote(request: Request) -> JSONResponse:
     return JSONResponse({"model": model.model, "cost": priced.cost, "breakdown": priced.breakdown})
 
 
-async def _repeat(
-    svc: Services, who: Caller, key: str | None, digest: str | None, conflict: bool = True
-) -> JSONResponse | None:
-    """The answer to an idempotent repeat that a limit (or today's price list) refused: the first task; for
-    another body 409 (``conflict``) or None."""
-    if key is None:
-        return None
-    first = await tasks.get_by_idempotency_key(await svc.db(), who.account.id, key)
-    if first is None:
-        return None
-    if first["request_hash"] != digest:
-        if not conflict:
-            return None
-        raise IdempotencyConflict("this Idempotency-Key was used with another request body")
-    return JSONResponse(tasks.task_view(first), 202)
-
-
 async def submit_job(request: Request) -> JSONResponse:
     """``POST /v1/jobs``: hold the price of this input and queue the task → 202 task view (``queued``).
 
-    Order: authenticate → validate and price (:func:`shared.pricing.price`, as a quote does) → tier limits
-    (Redis) → task + hold (Postgres, one transaction) → queue. The task stores the validated input (defaults
-    applied: what the worker sends) and the price breakdown; its ``cost`` is the quoted cost, fixed from then on.
+    Parses (the caller, the body, the ``Idempotency-Key``), validates and prices the input
+    (:func:`shared.pricing.price`, as a quote does), then admits the task (:func:`shared.admission.admit`: tier
+    limits → task + hold in one transaction → confirm or undo → queue; its docstring has the rules) and answers
+    it. The task stores the validated input (defaults applied: what the worker sends) and the price breakdown;
+    its ``cost`` is the quoted cost, fixed from then on.
 
-    - Limits fail closed: with Redis unreachable they cannot be enforced, so the answer is 503. (A tier that
-      limits nothing has nothing to enforce: its submit commits, and the sweeper queues it once Redis is back.)
-    - A reservation whose submit fails (402, 403, 409, Postgres down) is undone; so is one that turned out to be
-      an idempotent repeat (the first task already counted).
     - With an ``Idempotency-Key``, the same key and body answer the first task again with 202 and hold
-      nothing more; another body is 409 ``idempotency_conflict``.
-    - After the commit the task is durable: if Redis fails at the enqueue the answer is still 202, and the
-      worker's sweeper enqueues the task from Postgres.
+      nothing more, even at a limit, and even if the price list has since dropped the model or a value it used;
+      another body is 409 ``idempotency_conflict``.
+    - Limits fail closed: with Redis unreachable the answer is 503. After the commit the task is durable: if
+      Redis fails at the enqueue the answer is still 202, and the worker's sweeper enqueues the task.
     """
     svc = services(request)
     who = await caller(request, write=True)
@@ -134,67 +111,16 @@ async def submit_job(request: Request) -> JSONResponse:
     try:
         model, priced, callback_url = await _validate(svc, body)
     except InvalidInput:
-        # A repeat whose first submit was accepted answers that task at its first price, even if the price list
-        # has since dropped the model or a value it used.
-        repeat = await _repeat(svc, who, key, digest, conflict=False)
-        if repeat is not None:
-            return repeat
+        first = None
+        if key is not None:
+            first = await admission.first_task(await svc.db(), who.account.id, key, digest, conflict=False)
+        if first is not None:
+            return JSONResponse(tasks.task_view(first), 202)
         raise
-    account_id = who.account.id
-    task_id = tasks.new_task_id()
-
-    redis = await svc.arq()
     tier = svc.pricing.tier(who.account.tier)
-    # A tier that limits nothing cannot refuse: its job is counted after the commit, in the round trip that
-    # queues it (limits.admit), so this submit costs one Redis round trip instead of two.
-    reserved = limits.limited(tier, model.kind)
-    if reserved:
-        try:
-            await limits.reserve(redis, svc.settings, account_id, tier, model.kind, task_id, model.deadline_seconds)
-        except RateLimited:
-            # A repeat of a request that already made its task must answer that task, even at the limit.
-            repeat = await _repeat(svc, who, key, digest)
-            if repeat is not None:
-                return repeat
-            raise
-
-    try:
-        wanted = tasks.SubmitRequest(
-            model, priced.input, callback_url, key, digest, task_id, cost=priced.cost, breakdown=priced.breakdown
-        )
-        submitted = await svc.submits.submit(await svc.db(), account_id, wanted)
-    except BaseException:
-        if reserved:
-            await _undo(svc, account_id, model.kind, task_id)
-        raise
-    if not submitted.inserted:
-        if reserved:
-            await _undo(svc, account_id, model.kind, task_id)
-        return JSONResponse(tasks.task_view(submitted.task), 202)
-
-    await _admit(svc, redis, account_id, task_id, model.deadline_seconds, reserved)
-    return JSONResponse(tasks.task_view(submitted.task), 202)
-
-
-async def _undo(svc: Services, account_id: str, kind: str, task_id: str) -> None:
-    try:
-        await limits.undo(await svc.arq(), svc.settings, account_id, kind, task_id)
-    except Unavailable as e:
-        # The slot frees itself at the task's deadline; today's count stays one too high. Not money.
-        log.warning("limit reservation not undone", account_id=account_id, task_id=task_id, error=e.message)
-
-
-async def _admit(
-    svc: Services, redis: ArqRedis, account_id: str, task_id: str, deadline_seconds: float, reserved: bool
-) -> None:
-    """Confirm (or count) the limit reservation and queue the task: one Redis round trip (limits.admit)."""
-    try:
-        job = queue.step_job(redis, svc.settings, task_id)
-        await limits.admit(redis, svc.settings, account_id, task_id, deadline_seconds, job, reserved=reserved)
-    except Exception as e:
-        # The task and its hold are committed: the sweeper finds it in Postgres and enqueues it. A pending mark
-        # left behind expires by itself (limits.PENDING_MS); meanwhile refusals wait a little longer.
-        log.warning("task not enqueued; the sweeper will", task_id=task_id, error=f"{type(e).__name__}: {e}")
+    want = admission.Request(who.account.id, tier, model, priced, callback_url, key, digest)
+    task = await admission.admit(svc, want)
+    return JSONResponse(tasks.task_view(task), 202)
 
 
 async def get_job(request: Request) -> JSONResponse:
@@ -217,18 +143,13 @@ async def list_jobs(request: Request) -> JSONResponse:
 
 async def cancel_job(request: Request) -> JSONResponse:
     """``POST /v1/jobs/{taskId}/cancel``: a queued task → ``canceled``, its hold released (200 task view);
-    a task that left ``queued`` → 409 ``not_cancelable``. Canceling a canceled task answers it again."""
+    a task that left ``queued`` → 409 ``not_cancelable``. Canceling a canceled task answers it again. The
+    ending is :func:`shared.settlement.cancel` (the slot's release, the client's webhook)."""
     svc = services(request)
     who = await caller(request, write=True)
-    task_id = request.path_params["task_id"]
-    task = await tasks.cancel(await svc.db(), task_id, who.account.id)
-    if task["callback_url"]:
-        # The cancel wrote its webhook into the outbox (the trigger); a worker sends it.
-        await client_webhooks.schedule_task(svc, task_id)
-    try:
-        await limits.release(await svc.arq(), svc.settings, who.account.id, task_id)
-    except Unavailable as e:
-        log.warning("limit slot not released", account_id=who.account.id, task_id=task_id, error=e.message)
+    task = await settlement.cancel(
+        await svc.db(), svc.settings, request.path_params["task_id"], who.account.id, svc.arq
+    )
     return JSONResponse(tasks.task_view(task))
 
 

@@ -6,7 +6,7 @@ In order, with one wrapper of ``send`` for all of it:
    fresh one. It is bound in structlog's context variables for the whole request, so every log line the request
    causes (the ledger's ``task.queued`` and ``money.*`` lines included, and the 500's traceback) carries
    ``request_id``, and it is echoed in the answer's ``X-Request-ID`` header so a client can quote it.
-2. The edge checks of the path and query (:func:`api.requests.edge_refusal`): what no route could use is refused
+2. The edge checks of the path and query (:func:`api.parsing.edge_refusal`): what no route could use is refused
    before any route runs.
 3. The catch-all: an exception no handler took (:data:`api.errors.HANDLERS`) is a bug. It is logged with its
    traceback (event ``request.internal_error``) and answered 500 ``internal_error`` in the one error shape (the server's
@@ -25,7 +25,7 @@ import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import error_response
-from api.requests import edge_refusal
+from api.parsing import edge_refusal
 from shared import metrics
 
 log = structlog.get_logger("creditq.api")

@@ -289,7 +289,12 @@ SCHEMAS: dict[str, Schema] = {
             "result": obj({"urls": {"type": "array", "items": STR}}),
             "error": obj({"code": STR, "message": STR}),
             "breakdown": {"type": "array", "items": ref("BreakdownLine")},
-            "progress": {"type": "integer", "minimum": 0, "maximum": 100, "description": "As the provider reports it."},
+            "progress": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": 100,
+                "description": "The provider's progress figure, for models that report it; 100 once succeeded.",
+            },
         },
         description="A task (job). Terminal states (`succeeded`, `failed`, `canceled`) never change again.",
     ),

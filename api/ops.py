@@ -29,7 +29,7 @@ from starlette.routing import Route
 from api import admin_page
 from api.accounts import account_view
 from api.auth import require_admin
-from api.requests import query_value
+from api.parsing import query_value
 from api.scrape import connected_or_none
 from api.services import Services, services
 from shared import metrics, repairs
@@ -88,8 +88,7 @@ async def run_audit(svc: Services, pool: asyncpg.Pool, fix: bool) -> Report:
 
 async def reconcile(request: Request) -> JSONResponse:
     """``GET /v1/admin/reconcile[?fix=true]`` → 200 ``{"ok", "problems"}`` (plus ``"fixed"`` with ``fix``).
-    Raises Forbidden/Unauthenticated (admin token), InvalidInput (bad ``fix``), Unavailable."""
-    require_admin(request)
+    Raises Forbidden/Unauthenticated (admin token, api.auth.admin_mount), InvalidInput (bad ``fix``), Unavailable."""
     fix = _flag(request, "fix")
     svc = services(request)
     pool = await svc.db()
@@ -171,6 +170,7 @@ async def _lookup(data: admin_page.PageData, svc: Services, pool: asyncpg.Pool, 
 
 
 routes = [
-    Route("/v1/admin/reconcile", reconcile, methods=["GET"]),
     Route("/admin", admin, methods=["GET"]),
 ]
+# Under /v1/admin, behind the admin token (api.auth.admin_mount).
+admin_routes = [Route("/reconcile", reconcile, methods=["GET"])]

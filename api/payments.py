@@ -12,7 +12,7 @@ turns into ``{"error": {"code", "message", ...}}``.
   200 ``{"ok": true, "applied": true|false, "eventId", ...}`` (false: a repeat), 200 ``{"ok": true,
   "ignored": true, ...}`` for types creditq does not act on, 422 ``event_not_applied`` (kept pending, so that
   the sender retries) when it cannot be applied yet.
-- Admin routes (``api.auth.require_admin``: 403 while CREDITQ_ADMIN_TOKEN is unset, 401 without the token):
+- Admin routes (under ``api.auth.admin_mount``: 403 while CREDITQ_ADMIN_TOKEN is unset, 401 without the token):
   ``POST /v1/admin/payments/events/{eventId}/apply``: re-apply a stored event through the same path →
   200 outcome, 422 ``event_not_applied`` while still not applicable, 404 for an unknown id.
   ``POST /v1/admin/payments/events/{eventId}/dismiss`` ``{"reason"}``: dismiss a pending event that can never
@@ -30,8 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
-from api.auth import require_admin
-from api.requests import Fields, json_object, parse_object, query_limit, read_body
+from api.parsing import Fields, json_object, parse_object, query_limit, read_body
 from api.services import services
 from shared import db, metrics, payment_events
 from shared.errors import CreditqError, NotFound, UnappliedEvent
@@ -84,7 +83,6 @@ async def admin_apply(request: Request) -> JSONResponse:
     """``POST /v1/admin/payments/events/{eventId}/apply``: apply a stored event now, through the webhook's own
     path. Idempotent (an applied event answers 200 ``applied: false``). Errors: NotFound (unknown event),
     Forbidden (admin disabled), Unauthenticated, UnappliedEvent (422 with the reason), Unavailable."""
-    require_admin(request)
     svc = services(request)
     async with db.connection(await svc.db()) as conn:
         outcome = await payments.apply_event(conn, svc.pricing, request.path_params["eventId"])
@@ -97,7 +95,6 @@ async def admin_list(request: Request) -> JSONResponse:
     """``GET /v1/admin/payments/events?status=&limit=&cursor=`` → ``{"items", "nextCursor"}``, newest first.
     Read-only. Errors: InvalidInput (status, limit 1..200, cursor), Forbidden (admin disabled),
     Unauthenticated, Unavailable."""
-    require_admin(request)
     svc = services(request)
     limit = query_limit(request, default=50, maximum=200)
     status = request.query_params.get("status") or None
@@ -112,7 +109,6 @@ async def admin_list(request: Request) -> JSONResponse:
 async def admin_get(request: Request) -> JSONResponse:
     """``GET /v1/admin/payments/events/{eventId}`` → the stored event with its payload. Read-only. Errors:
     NotFound, Forbidden (admin disabled), Unauthenticated, Unavailable."""
-    require_admin(request)
     svc = services(request)
     async with db.connection(await svc.db()) as conn:
         event = await payments.get_event(conn, request.path_params["eventId"])
@@ -124,7 +120,6 @@ async def admin_dismiss(request: Request) -> JSONResponse:
     Idempotent (a dismissed event answers as it is). Errors: InvalidJson, InvalidInput (reason missing, empty or
     over 500 characters), NotFound, Conflict (applied or ignored), Forbidden (admin disabled), Unauthenticated,
     Unavailable."""
-    require_admin(request)
     fields = Fields(await json_object(request))
     reason = fields.text("reason", required=True, max_length=payments.MAX_DISMISS_REASON_LENGTH)
     fields.check()
@@ -135,8 +130,11 @@ async def admin_dismiss(request: Request) -> JSONResponse:
 
 routes: list[BaseRoute] = [
     Route("/v1/webhooks/payments", payments_webhook, methods=["POST"]),
-    Route("/v1/admin/payments/events", admin_list, methods=["GET"]),
-    Route("/v1/admin/payments/events/{eventId}", admin_get, methods=["GET"]),
-    Route("/v1/admin/payments/events/{eventId}/apply", admin_apply, methods=["POST"]),
-    Route("/v1/admin/payments/events/{eventId}/dismiss", admin_dismiss, methods=["POST"]),
+]
+# Under /v1/admin, behind the admin token (api.auth.admin_mount).
+admin_routes = [
+    Route("/payments/events", admin_list, methods=["GET"]),
+    Route("/payments/events/{eventId}", admin_get, methods=["GET"]),
+    Route("/payments/events/{eventId}/apply", admin_apply, methods=["POST"]),
+    Route("/payments/events/{eventId}/dismiss", admin_dismiss, methods=["POST"]),
 ]

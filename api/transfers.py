@@ -9,7 +9,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from api.auth import caller
-from api.requests import Fields, idempotency_key, json_object, request_hash
+from api.parsing import Fields, idempotency_key, json_object, request_hash
 from api.services import services
 from shared.errors import InvalidInput
 from shared.ledger import money

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from api.requests import parse_object, read_body
+from api.parsing import parse_object, read_body
 from api.services import services
 from shared import provider, queue
 from shared.errors import CreditqError, NotFound

@@ -59,7 +59,7 @@ async def enqueue(arq: ArqRedis, settings: Settings, task_id: str, defer_by: flo
 
 @dataclass(frozen=True, slots=True)
 class JobWrite:
-    """An arq job made ready for a Lua script to write (:func:`shared.limits.admit` writes it with the limit
+    """An arq job made ready for a Lua script to write (:func:`shared.tier_limits.admit` writes it with the limit
     bookkeeping, in one round trip): exactly what ``ArqRedis.enqueue_job`` writes, the job's bytes made by arq's
     own serializer, under arq's own keys, so that arq's worker reads it as one of its own."""
 

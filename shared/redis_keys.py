@@ -58,7 +58,7 @@ def provider_hint(queue_name: str, task_id: str) -> str:
     return f"{queue_name}:ptask:{task_id}"
 
 
-# --- tier limits (shared/limits.py) ------------------------------------------------------------------------------
+# --- tier limits (shared/tier_limits.py) --------------------------------------------------------------------------
 
 
 def limits_live(queue_name: str, account_id: str) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import asyncpg
 import httpx
@@ -27,16 +26,6 @@ from shared.ledger import money, payments, tasks
 from shared.ledger.audit import Fixer, Problem
 from shared.pricing import Pricing, load
 from shared.provider import new_http_client
-
-
-@dataclass(frozen=True, slots=True)
-class _Ending:
-    """A :class:`shared.settlement.Context` for one repair: the audit's pool and the repairs' connections."""
-
-    pool: asyncpg.Pool
-    settings: Settings
-    redis: Redis | None
-    http: httpx.AsyncClient | None
 
 
 async def _task_of(pool: asyncpg.Pool, p: Problem) -> asyncpg.Record | None:
@@ -60,7 +49,7 @@ def fixers(
         task = await _task_of(pool, p)
         if task is None or task["status"] not in tasks.LIVE:
             return None
-        _, changed = await settlement.expire(_Ending(pool, settings, redis, http), task)
+        _, changed = await settlement.expire(settlement.Connections(pool, settings, redis, http), task)
         return f"task {task['id']}: failed provider_timeout, hold released" if changed else None
 
     async def open_hold_on_terminal_task(pool: asyncpg.Pool, p: Problem) -> str | None:

@@ -4,6 +4,7 @@
 release of the hold, one transaction, exactly once), and then, only if this call ended the task, frees its tier
 slot (:func:`release_slot`) and schedules the client's webhook (:func:`notify`), both best effort and after
 the commit.
+:func:`cancel` is the client's ending of a queued task, with the same release and notification.
 :func:`expire` is the deadline's ending (``provider_timeout``), the same whether a worker's step, the sweeper or
 ``creditq audit --fix`` finds the task past its deadline.
 
@@ -14,6 +15,8 @@ itself at the task's deadline) and the webhook's scheduling (the delivery sweep 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import asyncpg
@@ -22,8 +25,9 @@ import structlog
 from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
-from shared import limits, queue
+from shared import queue, tier_limits
 from shared.config import Settings
+from shared.errors import Unavailable
 from shared.ledger import tasks
 from shared.ledger import webhooks as outbox
 
@@ -43,6 +47,16 @@ class Context(Protocol):
     def redis(self) -> Redis | None: ...
     @property
     def http(self) -> httpx.AsyncClient | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Connections:
+    """A :class:`Context` made of the connections at hand (the API's cancel, the audit's repairs)."""
+
+    pool: asyncpg.Pool
+    settings: Settings
+    redis: Redis | None
+    http: httpx.AsyncClient | None
 
 
 def bound(task: asyncpg.Record) -> Log:
@@ -94,14 +108,38 @@ async def expire(ctx: Context, task: asyncpg.Record, tlog: Log | None = None) ->
     )
 
 
+async def cancel(
+    pool: asyncpg.Pool,
+    settings: Settings,
+    task_id: str,
+    account_id: str,
+    redis: Callable[[], Awaitable[Redis]],
+) -> asyncpg.Record:
+    """The client's ending of a queued task (``POST /v1/jobs/{taskId}/cancel``): ``canceled`` and its hold
+    released in one transaction (``ledger.tasks.cancel``), then its tier slot freed and the client's webhook
+    scheduled, as :func:`settle` does (``redis``: how to get Redis for those two; unreachable, the slot frees
+    itself at the task's deadline and the delivery sweep sends the webhook). Idempotent: canceling a canceled
+    task returns it again (and frees and schedules again, both harmless). Raises NotFound (unknown or another
+    account's), NotCancelable (the task left ``queued``), Unavailable (Postgres)."""
+    task = await tasks.cancel(pool, task_id, account_id)
+    try:
+        ctx = Connections(pool, settings, await redis(), None)
+    except Unavailable as e:
+        log.warning("limits.release_failed", task_id=task_id, error=e.message)
+        ctx = Connections(pool, settings, None, None)
+    await release_slot(ctx, task)
+    await notify(ctx, task, bound(task))
+    return task
+
+
 async def release_slot(ctx: Context, task: asyncpg.Record) -> None:
-    """Free the task's tier slot (``shared.limits.release``). Best effort, never raises: a slot must never hold up
+    """Free the task's tier slot (``shared.tier_limits.release``). Best effort, never raises: a slot must never hold up
     a settlement that already happened. Keyed by task, so calling it again for an ended task is harmless, and
     that is what frees a slot whose first release was lost to a crash."""
     if ctx.redis is None:
         return
     try:
-        await limits.release(ctx.redis, ctx.settings, task["account_id"], task["id"])
+        await tier_limits.release(ctx.redis, ctx.settings, task["account_id"], task["id"])
     except Exception as e:
         log.warning("limits.release_failed", task_id=task["id"], error=f"{type(e).__name__}: {e}")
 

@@ -1,4 +1,4 @@
-"""limits.admit: the submit's second Redis round trip (limit bookkeeping + the arq job written by a Lua script),
+"""tier_limits.admit: the submit's second Redis round trip (limit bookkeeping + the arq job written by a Lua script),
 read back by arq itself: ``Job.info()`` decodes it and a real arq ``Worker`` runs it, once."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from arq.connections import ArqRedis
 from arq.jobs import Job, JobStatus
 from arq.worker import Worker, func
 
-from shared import limits, queue, redis_keys
+from shared import queue, redis_keys, tier_limits
 from shared.config import Settings
 from shared.pricing import Tier
 
@@ -53,10 +53,10 @@ async def _run_worker(redis: ArqRedis, settings: Settings) -> list[str]:
 
 
 def _tier_check() -> None:
-    assert limits.limited(FREE_LIKE, "image")
-    assert not limits.limited(UNLIMITED, "image")
-    assert limits.limited(Tier("cool", 0, 0, 0, {"video": 180}), "video")
-    assert not limits.limited(Tier("cool", 0, 0, 0, {"video": 180}), "image")
+    assert tier_limits.limited(FREE_LIKE, "image")
+    assert not tier_limits.limited(UNLIMITED, "image")
+    assert tier_limits.limited(Tier("cool", 0, 0, 0, {"video": 180}), "video")
+    assert not tier_limits.limited(Tier("cool", 0, 0, 0, {"video": 180}), "image")
 
 
 async def test_an_admitted_job_is_arqs_own(arq_redis: tuple[ArqRedis, Settings]) -> None:
@@ -64,10 +64,10 @@ async def test_an_admitted_job_is_arqs_own(arq_redis: tuple[ArqRedis, Settings])
     _tier_check()
     account, task_id = f"acct_{uuid.uuid4().hex}", f"task_{uuid.uuid4().hex}"
     job = queue.step_job(redis, settings, task_id)
-    assert await limits.admit(redis, settings, account, task_id, 60, job, reserved=False)
+    assert await tier_limits.admit(redis, settings, account, task_id, 60, job, reserved=False)
     # A second admit (a retry) neither queues it again nor counts it twice.
-    assert not await limits.admit(redis, settings, account, task_id, 60, job, reserved=False)
-    usage = await limits.usage(redis, settings, account, UNLIMITED)
+    assert not await tier_limits.admit(redis, settings, account, task_id, 60, job, reserved=False)
+    usage = await tier_limits.usage(redis, settings, account, UNLIMITED)
     assert usage["dailyJobs"]["used"] == 1
     assert usage["concurrentJobs"]["used"] == 1
 
@@ -90,16 +90,16 @@ async def test_admit_confirms_a_reservation(arq_redis: tuple[ArqRedis, Settings]
     account = f"acct_{uuid.uuid4().hex}"
     tasks = [f"task_{uuid.uuid4().hex}" for _ in range(2)]
     for task_id in tasks:
-        await limits.reserve(redis, settings, account, FREE_LIKE, "image", task_id, 60)
+        await tier_limits.reserve(redis, settings, account, FREE_LIKE, "image", task_id, 60)
     pending_key = redis_keys.limits_pending(settings.queue_name, account)
     assert await redis.zcard(pending_key) == 2
     for task_id in tasks:
         job = queue.step_job(redis, settings, task_id)
-        assert await limits.admit(redis, settings, account, task_id, 60, job, reserved=True)
+        assert await tier_limits.admit(redis, settings, account, task_id, 60, job, reserved=True)
     assert await redis.zcard(pending_key) == 0
     # Confirmed, not counted again: the reservations already counted (2 live, 2 today); the tier allows 2 at once.
-    usage = await limits.usage(redis, settings, account, FREE_LIKE)
+    usage = await tier_limits.usage(redis, settings, account, FREE_LIKE)
     assert (usage["dailyJobs"]["used"], usage["concurrentJobs"]["used"]) == (2, 2)
     with pytest.raises(Exception, match="2 jobs at once"):
-        await limits.reserve(redis, settings, account, FREE_LIKE, "image", f"task_{uuid.uuid4().hex}", 60)
+        await tier_limits.reserve(redis, settings, account, FREE_LIKE, "image", f"task_{uuid.uuid4().hex}", 60)
     assert sorted(await _run_worker(redis, settings)) == sorted(tasks)

@@ -1,4 +1,4 @@
-"""The API's edge (api/requests.py): what Postgres cannot store never reaches it, numbers are ASCII, cursors and
+"""The API's edge (api/parsing.py): what Postgres cannot store never reaches it, numbers are ASCII, cursors and
 dates are validated, duplicates are refused, externalIds and memos follow their rules. A hypothesis property test
 sends generated strings with NUL characters and unpaired surrogates through every route of the app and finds no
 5xx but 503.
@@ -19,8 +19,8 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from starlette.routing import Route
 
+from api.app import plain_routes
 from shared.ledger import accounts, cursors
 from shared.ledger.audit import audit
 from shared.signature import sign
@@ -432,10 +432,9 @@ _FIELDS: dict[str, Any] = {
 
 def _routes(api: Api) -> list[tuple[str, str]]:
     out = []
-    for route in api.app.routes:
-        if isinstance(route, Route):
-            for method in sorted((route.methods or {"GET"}) - {"HEAD"}):
-                out.append((method, route.path))
+    for path, route in plain_routes(api.app.routes):
+        for method in sorted((route.methods or {"GET"}) - {"HEAD"}):
+            out.append((method, path))
     return out
 
 

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import httpx
 from openapi_spec_validator import validate
-from starlette.routing import Route
 
 from api import openapi
-from api.app import create_app
+from api.app import create_app, plain_routes
 from shared.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,11 +25,10 @@ def _norm(path: str) -> str:
 def _served(settings: Settings) -> set[tuple[str, str]]:
     app = create_app(settings)
     out: set[tuple[str, str]] = set()
-    for route in app.routes:
-        assert isinstance(route, Route), f"a route that is not a plain Route: {route!r}"
+    for path, route in plain_routes(app.routes):
         for method in route.methods or ():
             if method != "HEAD":  # Starlette adds HEAD to every GET
-                out.add((method.lower(), _norm(route.path)))
+                out.add((method.lower(), _norm(path)))
     return out
 
 

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from shared import limits, queue, redis_keys
+from shared import queue, redis_keys, tier_limits
 from shared.config import Settings
 from shared.ledger import audit, tasks
 from shared.ledger import webhooks as outbox
@@ -61,10 +61,10 @@ async def test_stuck_task_ends_as_the_worker_ends_it(
         async with serve(settings, receiver) as rcv:
             # Admitted as the API admits a job: a tier slot, then the task and its hold.
             task_id = tasks.new_task_id()
-            await limits.reserve(redis, settings, acct.id, tier, model.kind, task_id, model.deadline_seconds)
+            await tier_limits.reserve(redis, settings, acct.id, tier, model.kind, task_id, model.deadline_seconds)
             await tasks.submit(pool, acct.id, model, {"prompt": "stuck"}, f"{rcv.url}/done", None, None, task_id)
-            await limits.confirm(redis, settings, acct.id, task_id)
-            assert (await limits.usage(redis, settings, acct.id, tier))["concurrentJobs"]["used"] == 1
+            await tier_limits.confirm(redis, settings, acct.id, task_id)
+            assert (await tier_limits.usage(redis, settings, acct.id, tier))["concurrentJobs"]["used"] == 1
             # No worker ever looks at it, and its deadline passes long ago.
             await pool.execute("UPDATE tasks SET deadline_at = now() - interval '1 hour' WHERE id = $1", task_id)
 
@@ -80,7 +80,7 @@ async def test_stuck_task_ends_as_the_worker_ends_it(
         assert await entries(pool, task_id) == ["hold", "release"]
         assert await account_state(pool, acct.id) == (100, 0)
         # The slot is free again (its own deadline in Redis is still ahead: only a release frees it now).
-        assert (await limits.usage(redis, settings, acct.id, tier))["concurrentJobs"]["used"] == 0
+        assert (await tier_limits.usage(redis, settings, acct.id, tier))["concurrentJobs"]["used"] == 0
         # The client's webhook of the ending is in the outbox (written with the ending) and scheduled in Redis.
         (delivery,) = await outbox.for_task(pool, task_id)
         assert (delivery["type"], delivery["status"], delivery["url"]) == ("job.failed", "pending", f"{rcv.url}/done")

@@ -1,4 +1,4 @@
-"""Tier limits (shared/limits.py): exact under concurrency, through the API and directly against Redis.
+"""Tier limits (shared/tier_limits.py): exact under concurrency, through the API and directly against Redis.
 
 Free tier: 10 jobs a day, 2 at once, a video every 180 s. Pro: 20 at once. Limits are checked before credits
 are held, and a reservation whose submit fails is undone, so a refused or failed job costs no limit and holds
@@ -17,7 +17,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from shared import limits
+from shared import tier_limits
 from shared.config import Settings
 from shared.errors import RateLimited, Unavailable
 from shared.pricing import Tier
@@ -136,58 +136,58 @@ def account_id() -> str:
 
 class TestDirect:
     async def test_reserve_undo_release(self, redis: aioredis.Redis, api_settings: Settings, account_id: str) -> None:
-        await limits.reserve(redis, api_settings, account_id, FREE, "video", "t1", 60)
-        await limits.confirm(redis, api_settings, account_id, "t1")
+        await tier_limits.reserve(redis, api_settings, account_id, FREE, "video", "t1", 60)
+        await tier_limits.confirm(redis, api_settings, account_id, "t1")
         with pytest.raises(RateLimited) as cooldown:
-            await limits.reserve(redis, api_settings, account_id, FREE, "video", "t2", 60)
+            await tier_limits.reserve(redis, api_settings, account_id, FREE, "video", "t2", 60)
         assert 179 <= cooldown.value.retry_after <= 180
-        await limits.reserve(redis, api_settings, account_id, FREE, "image", "t3", 60)
+        await tier_limits.reserve(redis, api_settings, account_id, FREE, "image", "t3", 60)
         with pytest.raises(RateLimited) as concurrent:
-            await limits.reserve(redis, api_settings, account_id, FREE, "image", "t4", 60)
+            await tier_limits.reserve(redis, api_settings, account_id, FREE, "image", "t4", 60)
         assert 1 <= concurrent.value.retry_after <= 5
-        view = await limits.usage(redis, api_settings, account_id, FREE)
+        view = await tier_limits.usage(redis, api_settings, account_id, FREE)
         assert view["concurrentJobs"] == {"limit": 2, "used": 2}
         assert view["dailyJobs"] == {"limit": 10, "used": 2}
 
         # undo gives back the slot and the day's count, and ends the cooldown this reservation started; twice
         # is once.
-        await limits.undo(redis, api_settings, account_id, "video", "t1")
-        await limits.undo(redis, api_settings, account_id, "video", "t1")
-        view = await limits.usage(redis, api_settings, account_id, FREE)
+        await tier_limits.undo(redis, api_settings, account_id, "video", "t1")
+        await tier_limits.undo(redis, api_settings, account_id, "video", "t1")
+        view = await tier_limits.usage(redis, api_settings, account_id, FREE)
         assert view["concurrentJobs"]["used"] == 1
         assert view["dailyJobs"]["used"] == 1
         assert view["cooldownRemaining"] == {"video": 0}
 
         # release frees the slot only: the job did start.
-        await limits.release(redis, api_settings, account_id, "t3")
-        view = await limits.usage(redis, api_settings, account_id, FREE)
+        await tier_limits.release(redis, api_settings, account_id, "t3")
+        view = await tier_limits.usage(redis, api_settings, account_id, FREE)
         assert (view["concurrentJobs"]["used"], view["dailyJobs"]["used"]) == (0, 1)
 
     async def test_undo_keeps_a_later_reservations_cooldown(
         self, redis: aioredis.Redis, api_settings: Settings, account_id: str
     ) -> None:
-        await limits.reserve(redis, api_settings, account_id, FREE, "video", "a", 60)
-        await limits.release(redis, api_settings, account_id, "a")
-        await limits.undo(redis, api_settings, account_id, "video", "a")  # released: nothing to undo
-        view = await limits.usage(redis, api_settings, account_id, FREE)
+        await tier_limits.reserve(redis, api_settings, account_id, FREE, "video", "a", 60)
+        await tier_limits.release(redis, api_settings, account_id, "a")
+        await tier_limits.undo(redis, api_settings, account_id, "video", "a")  # released: nothing to undo
+        view = await tier_limits.usage(redis, api_settings, account_id, FREE)
         assert view["cooldownRemaining"]["video"] >= 179
         assert view["dailyJobs"]["used"] == 1
 
     async def test_reserving_the_same_task_twice_counts_once(
         self, redis: aioredis.Redis, api_settings: Settings, account_id: str
     ) -> None:
-        await limits.reserve(redis, api_settings, account_id, FREE, "image", "same", 60)
-        await limits.reserve(redis, api_settings, account_id, FREE, "image", "same", 60)
-        view = await limits.usage(redis, api_settings, account_id, FREE)
+        await tier_limits.reserve(redis, api_settings, account_id, FREE, "image", "same", 60)
+        await tier_limits.reserve(redis, api_settings, account_id, FREE, "image", "same", 60)
+        view = await tier_limits.usage(redis, api_settings, account_id, FREE)
         assert (view["concurrentJobs"]["used"], view["dailyJobs"]["used"]) == (1, 1)
 
     async def test_daily_limit_retry_after_is_utc_midnight(
         self, redis: aioredis.Redis, api_settings: Settings, account_id: str
     ) -> None:
         tier = Tier("tiny", 0, daily_jobs=1, concurrent_jobs=0)
-        await limits.reserve(redis, api_settings, account_id, tier, "image", "one", 60)
+        await tier_limits.reserve(redis, api_settings, account_id, tier, "image", "one", 60)
         with pytest.raises(RateLimited) as refused:
-            await limits.reserve(redis, api_settings, account_id, tier, "image", "two", 60)
+            await tier_limits.reserve(redis, api_settings, account_id, tier, "image", "two", 60)
         assert abs(refused.value.retry_after - seconds_to_utc_midnight()) <= 2
 
     async def test_a_live_job_past_its_deadline_frees_its_slot(
@@ -196,12 +196,12 @@ class TestDirect:
         tier = Tier("one", 0, daily_jobs=0, concurrent_jobs=1)
         # A deadline such that deadline + the sweep interval (the slot's lifetime) is 0.2 s.
         lifetime = 0.2 - api_settings.sweep_seconds
-        await limits.reserve(redis, api_settings, account_id, tier, "image", "old", lifetime)
-        await limits.confirm(redis, api_settings, account_id, "old")
+        await tier_limits.reserve(redis, api_settings, account_id, tier, "image", "old", lifetime)
+        await tier_limits.confirm(redis, api_settings, account_id, "old")
         with pytest.raises(RateLimited):
-            await limits.reserve(redis, api_settings, account_id, tier, "image", "new", 60)
+            await tier_limits.reserve(redis, api_settings, account_id, tier, "image", "new", 60)
         await asyncio.sleep(0.3)
-        await limits.reserve(redis, api_settings, account_id, tier, "image", "new", 60)
+        await tier_limits.reserve(redis, api_settings, account_id, tier, "image", "new", 60)
 
     async def test_exact_under_concurrency(
         self, redis: aioredis.Redis, api_settings: Settings, account_id: str
@@ -210,10 +210,10 @@ class TestDirect:
 
         async def one(i: int) -> bool:
             try:
-                await limits.reserve(redis, api_settings, account_id, tier, "image", f"t{i}", 60)
+                await tier_limits.reserve(redis, api_settings, account_id, tier, "image", f"t{i}", 60)
             except RateLimited:
                 return False
-            await limits.confirm(redis, api_settings, account_id, f"t{i}")
+            await tier_limits.confirm(redis, api_settings, account_id, f"t{i}")
             return True
 
         results = await asyncio.gather(*(one(i) for i in range(100)))
@@ -223,8 +223,8 @@ class TestDirect:
         self, redis: aioredis.Redis, api_settings: Settings, account_id: str
     ) -> None:
         for i in range(30):
-            await limits.reserve(redis, api_settings, account_id, UNLIMITED, "video", f"t{i}", 60)
-        view = await limits.usage(redis, api_settings, account_id, UNLIMITED)
+            await tier_limits.reserve(redis, api_settings, account_id, UNLIMITED, "video", f"t{i}", 60)
+        view = await tier_limits.usage(redis, api_settings, account_id, UNLIMITED)
         assert view == {
             "dailyJobs": {"limit": None, "used": 30},
             "concurrentJobs": {"limit": None, "used": 30},
@@ -236,25 +236,25 @@ class TestDirect:
         self, redis: aioredis.Redis, api_settings: Settings, account_id: str
     ) -> None:
         await redis.script_flush()
-        await limits.reserve(redis, api_settings, account_id, FREE, "image", "t", 60)
-        assert (await limits.usage(redis, api_settings, account_id, FREE))["dailyJobs"]["used"] == 1
+        await tier_limits.reserve(redis, api_settings, account_id, FREE, "image", "t", 60)
+        assert (await tier_limits.usage(redis, api_settings, account_id, FREE))["dailyJobs"]["used"] == 1
 
     async def test_redis_down_is_unavailable(self, api_settings: Settings, account_id: str) -> None:
         down = aioredis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1)
         try:
             with pytest.raises(Unavailable):
-                await limits.reserve(down, api_settings, account_id, FREE, "image", "t", 60)
+                await tier_limits.reserve(down, api_settings, account_id, FREE, "image", "t", 60)
             with pytest.raises(Unavailable):
-                await limits.usage(down, api_settings, account_id, FREE)
+                await tier_limits.usage(down, api_settings, account_id, FREE)
             with pytest.raises(Unavailable):
-                await limits.release(down, api_settings, account_id, "t")
+                await tier_limits.release(down, api_settings, account_id, "t")
         finally:
             await down.aclose()
 
     async def test_keys_expire_by_themselves(
         self, redis: aioredis.Redis, api_settings: Settings, account_id: str
     ) -> None:
-        await limits.reserve(redis, api_settings, account_id, FREE, "video", "t", 60)
+        await tier_limits.reserve(redis, api_settings, account_id, FREE, "video", "t", 60)
         keys = [k async for k in redis.scan_iter(f"{api_settings.queue_name}:limits:*{account_id}*")]
         assert len(keys) == 4
         for k in keys:
