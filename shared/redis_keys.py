@@ -35,6 +35,11 @@ def delivery_job_id(webhook_id: str) -> str:
     return f"delivery:{webhook_id}"
 
 
+def delivery_sweep_job_id(webhook_id: str, attempts: int) -> str:
+    """The delivery sweep's job for a delivery found overdue after ``attempts`` attempts."""
+    return f"{delivery_job_id(webhook_id)}:sweep:{attempts}"
+
+
 def delivery_now_job_id(webhook_id: str, at: float) -> str:
     """A client's retry of a delivery, now (``at``: unix time), apart from a job deferred for hours."""
     return f"{delivery_job_id(webhook_id)}:now:{at}"

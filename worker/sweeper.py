@@ -37,7 +37,10 @@ async def sweep(rt: Runtime) -> tuple[int, int]:
     Idempotent (an expired lot is expired once; enqueue is a no-op for an existing job; settlement is exactly
     once). Raises Unavailable or redis errors; the loop logs them and tries again next interval.
     """
-    await expire_lots(rt)
+    try:
+        await expire_lots(rt)
+    except Exception as e:  # the tasks' recovery below must not wait for the lots' expiry
+        log.warning("sweep.expire_failed", error=f"{type(e).__name__}: {e}")
     requeued = expired = 0
     for row in await tasks.overdue(rt.pool, rt.settings.sweep_seconds):
         if row["expired"]:
