@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 from shared import metrics, queue
 from shared.config import Settings
 from shared.ledger import stats
-from shared.ratelimit import Circuit
+from shared.provider_budget import Circuit
 from tests.conftest import ROOT, Processes
 
 ADMIN_TOKEN = "admin-secret"
