@@ -125,7 +125,7 @@ class Services:
         self.settings = settings
         self.pricing = pricing
         self.postgres: Lazy[asyncpg.Pool] = Lazy("postgres", lambda: db.create_pool(settings), _close_pool)
-        #: Group commit of submits per account (see shared.ledger.tasks.SubmitBatcher).
+        #: Group commit of this process's submits, across accounts (see shared.ledger.tasks.SubmitBatcher).
         self.submits = tasks.SubmitBatcher()
         self.redis: Lazy[ArqRedis] = Lazy("redis", lambda: queue.connect(settings), _close_redis)
         #: The last audit run by this process (the operator's page and ``GET /v1/admin/reconcile``).

@@ -27,6 +27,7 @@ import random
 import time
 from typing import Any
 
+from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from redis.asyncio import Redis
 
 from shared import redis_keys
@@ -159,9 +160,16 @@ redis.call('ZADD', KEYS[7], ARGV[6], ARGV[4])
 return 1
 """
 
+# The task ended: free its live slot, and drop its step job (the deferred safety-net look it no longer needs)
+# unless that job is running now (arq's in-progress key: the job ends by itself). KEYS: live, pending, arq queue,
+# the step job's job key, retry key, in-progress key. ARGV: task, step job id.
 _RELEASE = """
 redis.call('ZREM', KEYS[2], ARGV[1])
-return redis.call('ZREM', KEYS[1], ARGV[1])
+local freed = redis.call('ZREM', KEYS[1], ARGV[1])
+if redis.call('EXISTS', KEYS[6]) == 0 and redis.call('ZREM', KEYS[3], ARGV[2]) > 0 then
+    redis.call('DEL', KEYS[4], KEYS[5])
+end
+return freed
 """
 
 # Read-only: KEYS = live, daily, then one cooldown key per ARGV cooldown length (ms).
@@ -315,9 +323,19 @@ async def undo(redis: Redis, settings: Settings, account_id: str, kind: str, tas
 
 async def release(redis: Redis, settings: Settings, account_id: str, task_id: str) -> None:
     """A task ended (terminal state) or was canceled: free its live slot. Today's count and the cooldown stay,
-    since the job did start. Idempotent. Raises Unavailable."""
+    since the job did start. In the same round trip, the task's step job is taken off the queue unless it is
+    running: a task that a poke (or the sweeper, or a cancel) ended needs no more look, so its deferred
+    safety-net job would be an arq job, a Postgres read and this release again for nothing. Idempotent. Raises
+    Unavailable."""
     keys = _keys(settings, account_id, "")
-    await _release(redis, keys[:2], [task_id])
+    job_id = redis_keys.step_job_id(task_id)
+    arq_keys = [
+        settings.queue_name,
+        job_key_prefix + job_id,
+        retry_key_prefix + job_id,
+        in_progress_key_prefix + job_id,
+    ]
+    await _release(redis, [*keys[:2], *arq_keys], [task_id, job_id])
 
 
 async def usage(redis: Redis, settings: Settings, account_id: str, tier: Tier) -> dict[str, Any]:

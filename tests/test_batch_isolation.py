@@ -37,8 +37,8 @@ class CountingPool:
         self.batches: list[int] = []
 
     async def fetch(self, query: str, *args: Any) -> Any:
-        if "cq_submit_batch" in query:
-            self.batches.append(len(args[1]))
+        if "cq_submit_multi" in query:  # one statement for every account's requests: count them all
+            self.batches.append(sum(len(b["tasks"]) for b in args[0]))
         return await self.pool.fetch(query, *args)
 
     def __getattr__(self, name: str) -> Any:

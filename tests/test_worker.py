@@ -20,8 +20,9 @@ import httpx
 import pytest
 from arq import Retry
 from arq.connections import ArqRedis
+from arq.constants import job_key_prefix
 
-from shared import queue
+from shared import queue, redis_keys
 from shared.config import Settings
 from shared.ledger import audit, tasks
 from shared.ledger import webhooks as outbox
@@ -403,6 +404,16 @@ async def test_callbacks_need_few_queries(
     assert stats["callbacksSent"] >= 3
     for t in stats["tasks"].values():
         assert t["queries"] <= 3, t  # 30 s of video, polled every 2-10 s, would be 6+
+    # The poke that settled each task took the task's deferred safety-net job off the queue: no arq job is left
+    # to look at a settled task.
+    step_jobs = [redis_keys.step_job_id(i) for i in ids]
+    for _ in range(50):
+        left = [j for j in step_jobs if await arq_redis.zscore(settings.queue_name, j) is not None]
+        if not left:
+            break
+        await asyncio.sleep(0.1)
+    assert left == []
+    assert not await arq_redis.exists(*(job_key_prefix + j for j in step_jobs))
     await clean_audit(pool, [acct.id])
 
 

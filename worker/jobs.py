@@ -332,10 +332,12 @@ async def _apply(rt: Runtime, task: asyncpg.Record, st: ProviderStatus, tlog: Lo
     age = (_now() - task["created_at"]).total_seconds()
     if poked:
         # The callback said "done" but the record is not there yet: look again soon, a few times; the task's
-        # own job keeps its schedule meanwhile.
-        await tasks.schedule(
-            rt.pool, task["id"], task["next_check_at"], polled=True, progress=st.progress, query_ok=True
-        )
+        # own job keeps its schedule meanwhile. Written only when it changes something besides the count of
+        # polls (new progress, failed queries in a row to reset): no Postgres write for a counter alone.
+        if _progress_changed(task, st.progress) or task["query_errors"]:
+            await tasks.schedule(
+                rt.pool, task["id"], task["next_check_at"], polled=True, progress=st.progress, query_ok=True
+            )
         if job_try <= POKE_RECHECKS:
             _retry(task, random.uniform(2.0, 3.0))
         return "running"
@@ -347,6 +349,11 @@ async def _apply(rt: Runtime, task: asyncpg.Record, st: ProviderStatus, tlog: Lo
     )
     await tasks.schedule(rt.pool, task["id"], _at(delay), polled=True, progress=st.progress, query_ok=True)
     raise Retry(defer=delay)
+
+
+def _progress_changed(task: asyncpg.Record, progress: float | None) -> bool:
+    """Would ``tasks.schedule`` store another progress figure than the task's?"""
+    return progress is not None and max(0, min(100, round(progress))) != task["progress"]
 
 
 # --- endings --------------------------------------------------------------------------------------------------

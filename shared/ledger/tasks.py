@@ -20,6 +20,7 @@ import asyncpg
 from shared.db import CONNECTION_ERRORS
 from shared.errors import (
     CreditqError,
+    Forbidden,
     IdempotencyConflict,
     InsufficientCredits,
     InvalidInput,
@@ -142,85 +143,184 @@ async def submit(
     return result
 
 
-class SubmitBatcher:
-    """Group commit for one process: the submits of one account that arrive while its previous batch is in
-    flight wait for it, then go together in one :func:`submit_batch` (at most ``max_batch``), in arrival order.
+@dataclass(slots=True)
+class _Waiter:
+    """One submit waiting in the batcher: its account, its request, its answer, its log context."""
 
-    An idle account's submit goes at once (a batch of one), so batching adds no latency; a hot account's row is
-    locked once per batch instead of once per submit. Exact: admission, idempotency and errors are per request,
-    as with :func:`submit`, including a request the database refuses: it fails alone and the others commit
-    (:meth:`_isolated`).
+    account_id: str
+    request: SubmitRequest
+    future: asyncio.Future[Submitted]
+    context: contextvars.Context
+
+
+def _suspended(account_id: str) -> Forbidden:
+    return Forbidden(f"account {account_id} is suspended")
+
+
+async def submit_multi(
+    conn: Conn, items: list[tuple[str, SubmitRequest]], contexts: list[contextvars.Context] | None = None
+) -> list[Submitted | CreditqError]:
+    """Submit the tasks of several accounts in ONE statement and one transaction (group commit across accounts):
+    ``items`` are (account id, request), any accounts, any order.
+
+    Each request's outcome is what :func:`submit_batch` of its own account alone would give, the account's
+    requests in their order in ``items``: Submitted (``inserted`` False for an idempotent repeat),
+    InsufficientCredits, IdempotencyConflict, and, per request instead of for the batch, NotFound (no account)
+    and Forbidden (suspended). The accounts are locked in id order (SQL ``cq_submit_multi``), so two such
+    statements never deadlock. Raises for all: what the connection raises, and a value the database refuses
+    (InvalidInput, as :func:`~shared.ledger.sqlerrors.mapped` maps it), which rolls the whole statement back.
+    ``contexts``: the context each new task is reported in (default the current one)."""
+    groups: dict[str, list[int]] = {}
+    for i, (account_id, _) in enumerate(items):
+        groups.setdefault(account_id, []).append(i)
+    payload = [
+        {"account": account_id, "tasks": [items[i][1].as_json() for i in where]} for account_id, where in groups.items()
+    ]
+    async with mapped():
+        rows = await conn.fetch(
+            "SELECT b.grp, b.idx, b.outcome, b.available, (b.task).* FROM cq_submit_multi($1::jsonb) b "
+            "ORDER BY b.grp, b.idx",
+            payload,
+        )
+    out: list[Submitted | CreditqError | None] = [None] * len(items)
+    positions = [i for where in groups.values() for i in where]
+    for i, r in zip(positions, rows, strict=True):
+        account_id, req = items[i]
+        outcome = r["outcome"]
+        if outcome == "insufficient":
+            out[i] = InsufficientCredits(required=req.price, available=r["available"])
+        elif outcome == "conflict":
+            out[i] = IdempotencyConflict("this Idempotency-Key was used with another request body")
+        elif outcome == "no_account":
+            out[i] = NotFound(f"account {account_id} not found")
+        elif outcome == "suspended":
+            out[i] = _suspended(account_id)
+        else:
+            if outcome == "inserted":
+                if contexts is None:
+                    reports.submitted(r)
+                else:
+                    contexts[i].run(reports.submitted, r)
+            out[i] = Submitted(r, outcome == "inserted")
+    assert all(o is not None for o in out)
+    return [o for o in out if o is not None]
+
+
+class SubmitBatcher:
+    """Group commit for one process, across accounts: the submits that arrive while statements are in flight
+    wait, then go together in one :func:`submit_multi` (at most ``max_batch`` requests), whatever their accounts.
+    At most ``max_statements`` statements are in flight at once, and an account with requests in one is left
+    out of the next until it ends, so an account's submits are admitted in arrival order, as one statement at
+    a time per account would.
+
+    An idle process's submit goes at once (a batch of one), so batching adds no latency; under load, many
+    submits share one commit (one WAL flush) instead of one each, and a hot account's row is locked once per
+    statement. Exact: admission, idempotency and errors are per request, as with :func:`submit`, including an
+    account that does not exist or is suspended (its requests alone are refused) and a request the database
+    refuses: it fails alone and the others commit (:meth:`_isolated`).
     """
 
-    def __init__(self, max_batch: int = 100) -> None:
+    def __init__(self, max_batch: int = 200, max_statements: int = 2) -> None:
         self._max = max_batch
-        self._queues: dict[str, list[tuple[SubmitRequest, asyncio.Future[Submitted], contextvars.Context]]] = {}
+        self._max_statements = max_statements
+        self._pending: list[_Waiter] = []
+        self._busy: dict[str, int] = {}  # accounts with requests in a statement in flight → how many statements
+        self._running = 0
+        self._starting = False
+        self._pool: Conn = None
         self._drains: set[asyncio.Task[None]] = set()
+        #: Statements run (submit_multi calls, the halves of an isolation included): commits per submit.
+        self.statements = 0
 
     async def submit(self, pool: Conn, account_id: str, request: SubmitRequest) -> Submitted:
-        """Submit through the account's batch (run on ``pool``). Same result and errors as :func:`submit`."""
+        """Submit through the process's batch (run on ``pool``). Same result and errors as :func:`submit`."""
         future: asyncio.Future[Submitted] = asyncio.get_running_loop().create_future()
-        # The batch runs in a task started from the first submitter's context: each request's own context goes
-        # along, so that its task.queued line carries its own request_id, not the first one's.
-        context = contextvars.copy_context()
-        queue = self._queues.get(account_id)
-        if queue is None:
-            self._queues[account_id] = [(request, future, context)]
-            drain = asyncio.create_task(self._drain(pool, account_id))
-            self._drains.add(drain)  # a strong reference, so the task is not collected mid-flight
-            drain.add_done_callback(self._drains.discard)
-        else:
-            queue.append((request, future, context))
+        # The batch runs in a task started from one submitter's context: each request's own context goes along,
+        # so that its task.queued line carries its own request_id.
+        self._pending.append(_Waiter(account_id, request, future, contextvars.copy_context()))
+        self._pool = pool
+        self._start()
         return await future
 
-    async def _drain(self, pool: Conn, account_id: str) -> None:
-        # The account's queue exists (and new submits append to it) until this loop finds it empty.
-        queue = self._queues[account_id]
-        while queue:
-            batch, queue[:] = queue[: self._max], queue[self._max :]
-            try:
-                results = await self._isolated(pool, account_id, batch)
-            except BaseException as e:  # the whole batch failed for a cause they share: each waiter gets it
-                for _, fut, _ in batch:
-                    if not fut.done():
-                        fut.set_exception(e)
-                if not isinstance(e, Exception):
-                    del self._queues[account_id]
-                    raise
-                continue
-            for (_, fut, _), result in zip(batch, results, strict=True):
-                if fut.done():
+    def _start(self) -> None:
+        # One statement starting at a time: it takes its requests when it runs, so the submits that arrive
+        # meanwhile (in the same loop iteration: a burst) go in it too.
+        if self._starting or self._running >= self._max_statements or not self._pending:
+            return
+        self._starting = True
+        self._running += 1
+        drain = asyncio.create_task(self._run(self._pool))
+        self._drains.add(drain)  # a strong reference, so the task is not collected mid-flight
+        drain.add_done_callback(self._drains.discard)
+
+    def _take(self) -> list[_Waiter]:
+        """The next statement's requests, in arrival order: up to ``max_batch``, none of an account that has a
+        statement in flight (nor, once one is left waiting, any later request of that account)."""
+        taken: list[_Waiter] = []
+        left: list[_Waiter] = []
+        waiting: set[str] = set(self._busy)
+        for w in self._pending:
+            if w.account_id in waiting or len(taken) >= self._max:
+                waiting.add(w.account_id)
+                left.append(w)
+            else:
+                taken.append(w)
+        self._pending = left
+        for w in taken:
+            self._busy[w.account_id] = self._busy.get(w.account_id, 0) + 1
+        return taken
+
+    async def _run(self, pool: Conn) -> None:
+        self._starting = False
+        batch = self._take()
+        if not batch:  # every pending request's account has a statement in flight: its end starts the next
+            self._running -= 1
+            return
+        self._start()  # the other accounts' submits arriving meanwhile may go in a second statement
+        try:
+            results = await self._isolated(pool, batch)
+        except BaseException as e:  # the whole batch failed for a cause they share: each waiter gets it
+            for w in batch:
+                if not w.future.done():
+                    w.future.set_exception(e)
+            if not isinstance(e, Exception):
+                raise
+        else:
+            for w, result in zip(batch, results, strict=True):
+                if w.future.done():
                     continue
                 if isinstance(result, BaseException):
-                    fut.set_exception(result)
+                    w.future.set_exception(result)
                 else:
-                    fut.set_result(result)
-        del self._queues[account_id]
+                    w.future.set_result(result)
+        finally:
+            for w in batch:
+                n = self._busy[w.account_id] - 1
+                if n:
+                    self._busy[w.account_id] = n
+                else:
+                    del self._busy[w.account_id]
+            self._running -= 1
+            self._start()
 
-    async def _isolated(
-        self,
-        pool: Conn,
-        account_id: str,
-        batch: list[tuple[SubmitRequest, asyncio.Future[Submitted], contextvars.Context]],
-    ) -> list[Submitted | BaseException]:
+    async def _isolated(self, pool: Conn, batch: list[_Waiter]) -> list[Submitted | BaseException]:
         """The batch's results, each request's outcome its own. A batch whose statement fails for a cause of
         one request (a value the database refuses, a broken invariant) rolled back whole; it is split in halves,
         each tried again, down to the request that fails alone, which gets that error (a value that cannot be
         stored: 422), while every other commits (in a few statements: a poison among n costs about 2·log2(n)).
         Halves go in order, so admission stays in arrival order. Raises, for all, what they share: Postgres
-        unreachable, and the account's own refusals (NotFound, Forbidden)."""
+        unreachable."""
+        self.statements += 1
         try:
-            return list(await submit_batch(pool, account_id, [r for r, _, _ in batch], [c for _, _, c in batch]))
+            items = [(w.account_id, w.request) for w in batch]
+            return list(await submit_multi(pool, items, [w.context for w in batch]))
         except Exception as e:
             if not _one_requests_fault(e):
                 raise
             if len(batch) == 1:
                 return [e]
             mid = len(batch) // 2
-            return [
-                *await self._isolated(pool, account_id, batch[:mid]),
-                *await self._isolated(pool, account_id, batch[mid:]),
-            ]
+            return [*await self._isolated(pool, batch[:mid]), *await self._isolated(pool, batch[mid:])]
 
 
 def _one_requests_fault(e: Exception) -> bool:
