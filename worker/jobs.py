@@ -12,7 +12,8 @@ does no harm. Money moves only in ``ledger.tasks.finish`` (exactly once, guarded
              refunded (never resubmitted); pending → next check on the adaptive schedule (worker/schedule.py);
              the query failed (401, 404, "recordInfo is null", 5xx, anything) → look again with backoff: only
              the provider's verdict or the deadline ends a task
-    any      past the deadline → one last status query, then failed ``provider_timeout`` (refund)
+    any      past the deadline → one last status query (a success since the last poll is captured; an error is
+             tried again for a few seconds), else failed ``provider_timeout`` (refund)
 
 The worker does not know which provider family it drives: :mod:`shared.families` builds the requests and
 reads the answers.
@@ -156,8 +157,7 @@ async def _step(rt: Runtime, task_id: str, poked: bool, job_try: int) -> str:
         return str(task["status"])
     model = rt.model(task)
     if _until(task["deadline_at"]) <= 0:
-        ended = await _last_look(rt, task, model, tlog)
-        return ended or await expire(rt, task, tlog)
+        return await end_overdue(rt, task, tlog, may_wait=True)
     if task["status"] == "queued":
         return await _submit(rt, task, model, tlog)
     return await _poll(rt, task, model, tlog, poked, job_try)
@@ -359,27 +359,61 @@ def _progress_changed(task: asyncpg.Record, progress: float | None) -> bool:
 # --- endings --------------------------------------------------------------------------------------------------
 
 
-async def _last_look(rt: Runtime, task: asyncpg.Record, model: Model, tlog: Log) -> str | None:
-    """At the deadline, one last status query of a task the provider has: a generation that ended since the
-    last poll is settled by its real outcome (captured if it succeeded) instead of being refunded unseen. None
-    when the provider cannot say now (no budget, an error, still pending): the caller then expires the task."""
+def last_look_grace(sweep_seconds: float) -> float:
+    """Seconds past its deadline during which a task's last status query may be tried again (after a
+    transient provider error or with no query token): half the sweep interval, so that the task still ends by
+    its deadline plus ``CREDITQ_SWEEP_SECONDS``."""
+    return sweep_seconds / 2
+
+
+async def end_overdue(rt: Runtime, task: asyncpg.Record, tlog: Log | None = None, may_wait: bool = False) -> str:
+    """A live task past its deadline: one last status query of the provider's task first (a generation that
+    ended since the last poll is settled by its real outcome: captured if it succeeded), else failed
+    ``provider_timeout`` and released. Used by the task's own step and by the sweeper, so that neither refunds
+    unseen a success the other would have seen (a lost callback, then the sweep reaching the task first).
+
+    When the provider could not answer (a transient error, no query token) and ``may_wait``, the look is tried
+    again 1-2 s later (raises ``arq.Retry``) until :func:`last_look_grace` has passed; after that, once more at
+    once before the refund. Exactly once (settlement is guarded by the task's state). Raises Unavailable,
+    NotFound, Retry."""
+    tlog = tlog or _bound(task)
+    ended, unsure = await _last_look(rt, task, rt.model(task), tlog)
+    if ended is not None:
+        return ended
+    left = last_look_grace(rt.settings.sweep_seconds) + _until(task["deadline_at"])
+    if unsure and may_wait and left > 0:
+        raise Retry(defer=min(random.uniform(1.0, 2.0), left))
+    if unsure:
+        # The grace is over: one more look before the refund, so that a single transient error (the provider
+        # answers every other query with a 500, say) does not refund a generation that succeeded.
+        ended, _ = await _last_look(rt, task, rt.model(task), tlog)
+        if ended is not None:
+            return ended
+    return await expire(rt, task, tlog)
+
+
+async def _last_look(rt: Runtime, task: asyncpg.Record, model: Model, tlog: Log) -> tuple[str | None, bool]:
+    """At the deadline, one last status query of a task the provider has. Returns (the task's status if that
+    query settled it, else None; True when the provider could not say: no query token, a transient error)."""
     if task["status"] != "running" or task["provider_task_id"] is None:
-        return None
+        return None, False
     key = rt.keys.by_id(task["provider_key"])
     token = key.budget.new_token()
     if await _take(key, "query", QUERY_TOKEN_WAIT, token) > 0:
-        return None
+        return None, True
     try:
         try:
             st = await rt.provider.status(model, task["provider_task_id"], key.secret)
         finally:
             await _done(key, "query", token)
     except ProviderError as e:
+        # Whatever the error (a 5xx, a timeout, "recordInfo is null", a 404): only the provider's verdict ends a
+        # task, so the look may be tried again.
         tlog.info("task.last_look_failed", error=e.message)
-        return None
+        return None, True
     if st.state == "pending":
-        return None
-    return await _apply(rt, task, st, tlog, poked=True, job_try=1)
+        return None, False
+    return await _apply(rt, task, st, tlog, poked=True, job_try=1), False
 
 
 async def _provider_failed(rt: Runtime, task: asyncpg.Record, tlog: Log, message: str) -> str:

@@ -2,7 +2,8 @@
 
 The sweeper is what makes Redis only a hint. Every ``CREDITQ_SWEEP_SECONDS`` one worker (whoever takes the lock
 ``{queue}:sweeper``, ``SET NX PX``) reads Postgres for live tasks whose next check is overdue by more than the
-interval, re-enqueues them (a no-op for a task whose job still exists) and settles those past their deadline. A
+interval, re-enqueues them (a no-op for a task whose job still exists) and ends those past their deadline (after
+one last status query, as the task's own step does). A
 loop in ``on_startup`` rather than an arq cron job, because arq's cron fires only on wall-clock seconds, which
 cannot express an arbitrary interval.
 
@@ -16,6 +17,7 @@ import asyncio
 import random
 
 import structlog
+from arq import Retry
 
 from shared import metrics, queue, redis_keys
 from shared.ledger import money, tasks
@@ -40,8 +42,15 @@ async def sweep(rt: Runtime) -> tuple[int, int]:
     for row in await tasks.overdue(rt.pool, rt.settings.sweep_seconds):
         if row["expired"]:
             task = await tasks.get(rt.pool, row["id"])
-            if task["status"] in tasks.LIVE and await jobs.expire(rt, task) == "failed":
-                expired += 1
+            if task["status"] not in tasks.LIVE:
+                continue
+            try:
+                # The same ending as the task's own step, last look included: the sweep may reach a task whose
+                # callback was lost before its step does, and must not refund a generation that succeeded.
+                if await jobs.end_overdue(rt, task, may_wait=True) == "failed":
+                    expired += 1
+            except Retry:
+                pass  # the provider could not say yet: the task's step (or the next sweep) ends it
         elif await queue.enqueue(rt.redis, rt.settings, row["id"]):
             requeued += 1
     if requeued or expired:
