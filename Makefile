@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install dev test lint typecheck unit bench clean
+.PHONY: install dev test lint typecheck unit bench soak clean
 
 $(BIN)/.installed: requirements-dev.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ typecheck: install
 ## bench: benchmarks with same-run baselines; writes bench/results.json
 bench: install
 	$(BIN)/python -m bench
+
+## soak: a seeded chaos run (docs/SOAK.md); ARGS="--seed 7 --minutes 10" (default: a drawn seed, 10 minutes)
+soak: install
+	$(BIN)/python -m soak $(ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

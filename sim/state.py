@@ -141,6 +141,9 @@ class SimState:
                     "model": task.model,
                     "family": task.family,
                     "key": task.key,
+                    # Epoch seconds: when the task was accepted and when it reaches (or reached) its end state.
+                    "createdAt": task.created_at,
+                    "finishedAt": task.finished_at,
                 }
                 for task_id, task in self.tasks.items()
             },

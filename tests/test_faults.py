@@ -1,18 +1,22 @@
-"""Faults on real processes: workers killed mid-run, Redis flushed mid-run. After each, every task is terminal,
+"""Faults on real processes: workers killed mid-run, Redis flushed or restarted mid-run. After each, every task is terminal,
 each hold settled exactly once, no task created twice at the provider, and the audit finds nothing."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
+from pathlib import Path
 
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from arq.connections import ArqRedis
 
+from shared import queue
 from shared.config import Settings
+from soak.servers import REDIS_SERVER, RedisServer
 from tests.conftest import MakeAccount, Proc, Processes
 from tests.test_worker import WORKER_ENV, arq_redis, clean_audit, sim_stats, submit, wait_terminal
 
@@ -93,3 +97,41 @@ async def test_redis_flushed_mid_run(
     await _settled_once(pool, [*ids, never_enqueued])
     _created_once(sim.url, "flush ")
     await clean_audit(pool, [acct.id])
+
+
+@pytest.mark.slow
+async def test_worker_outlives_a_redis_restart(
+    procs: Processes, pool: asyncpg.Pool, settings: Settings, make_account: MakeAccount
+) -> None:
+    """Found by the soak (docs/SOAK.md): a worker exited when Redis went away under arq's poll loop. Redis (a
+    throwaway server of our own) is killed, so everything in it is lost, and started again 3 s later: the same
+    worker process carries on, and every task ends, settled once, created once."""
+    if not Path(REDIS_SERVER).is_file():
+        pytest.skip(f"no {REDIS_SERVER} for a throwaway Redis")
+    server = RedisServer.create()
+    try:
+        server.start()
+        own = dataclasses.replace(settings, redis_url=server.url)
+        sim = procs.sim("--time-scale", "0.5")
+        worker = procs.worker(env={**WORKER_ENV, "REDIS_URL": server.url})
+        await _started(worker)
+        acct, _ = await make_account(credits=1000, tier="pro_plus")
+        arq = await queue.connect(own)
+        try:
+            ids = [await submit(pool, arq, own, acct.id, f"restart {i} [sim:seconds=4]") for i in range(8)]
+        finally:
+            await arq.aclose()
+        await asyncio.sleep(1.0)
+        server.kill()
+        await asyncio.sleep(3.0)
+        assert worker.popen.poll() is None, worker.output()[-3000:]
+        server.start()
+        rows = await wait_terminal(pool, ids, 40)
+        assert [r["status"] for r in rows] == ["succeeded"] * len(ids)
+        assert worker.popen.poll() is None, worker.output()[-3000:]
+        assert "worker.redis_unavailable" in worker.output()
+        await _settled_once(pool, ids)
+        _created_once(sim.url, "restart ")
+        await clean_audit(pool, [acct.id])
+    finally:
+        server.destroy()

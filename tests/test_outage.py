@@ -5,32 +5,23 @@ While Postgres is down the API answers 503 ``unavailable`` within a few seconds 
 restarted, ``/readyz`` is 200 again, every task submitted before the outage succeeds and is charged its cost once,
 a new job goes through, and ``creditq audit`` finds nothing.
 
-The cluster is made with the machine's Postgres binaries (``initdb``/``pg_ctl`` under
-``/usr/lib/postgresql/<version>/bin``) run as the ``postgres`` user through ``runuser``, since Postgres refuses to
-run as root. Without those, or without root, the test is skipped.
+The cluster is made by :class:`soak.servers.PostgresCluster` (the soak's own): the machine's Postgres binaries
+(``initdb``/``pg_ctl``), run as the ``postgres`` user through ``runuser`` when we are root, since Postgres refuses
+to run as root. Without those binaries the test is skipped.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import glob
 import json
-import os
-import pwd
-import shutil
-import subprocess
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 
+from soak.servers import PostgresCluster, create_database, postgres_tools
 from tests.apiserver import free_port
 from tests.conftest import Processes
 
@@ -39,99 +30,18 @@ ADMIN = {"Authorization": "Bearer admin-secret"}  # conftest's base_env CREDITQ_
 ANSWER_WITHIN = 5.0  # seconds an API request may take while Postgres is down
 
 
-def _postgres_tools() -> tuple[str, Path] | str:
-    """(runuser, the Postgres bin directory), or the reason the throwaway cluster cannot be made."""
-    runuser = shutil.which("runuser")
-    if runuser is None:
-        return "runuser is not installed"
-    if os.geteuid() != 0:
-        return "runuser needs root to run Postgres as the postgres user"
-    try:
-        pwd.getpwnam("postgres")
-    except KeyError:
-        return "there is no postgres user"
-    for found in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
-        bindir = Path(found)
-        if (bindir / "initdb").is_file() and (bindir / "pg_ctl").is_file():
-            return runuser, bindir
-    return "no Postgres server binaries (initdb, pg_ctl) under /usr/lib/postgresql/*/bin"
-
-
-@dataclass
-class Cluster:
-    """A throwaway Postgres cluster in ``root`` (owned by postgres), listening on 127.0.0.1:``port``."""
-
-    runuser: str
-    bindir: Path
-    root: Path
-    port: int
-
-    @property
-    def data(self) -> Path:
-        """The data directory."""
-        return self.root / "data"
-
-    @property
-    def url(self) -> str:
-        """The DATABASE_URL of the cluster's ``creditq`` database."""
-        return f"postgresql://postgres@127.0.0.1:{self.port}/creditq"
-
-    def _run(self, tool: str, *args: str) -> None:
-        done = subprocess.run(
-            [self.runuser, "-u", "postgres", "--", str(self.bindir / tool), *args],
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"{tool} {' '.join(args)} exited {done.returncode}: {done.stderr.decode()[-2000:]}")
-
-    def init(self) -> None:
-        """initdb: trust auth, superuser postgres, no fsync (a throwaway)."""
-        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
-
-    def start(self) -> None:
-        """Start the server and wait until it accepts connections."""
-        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.root / "postgres.log"), "-w", "start")
-
-    def stop(self) -> None:
-        """Stop it the way a crash would (``-m immediate``: no checkpoint, clients cut off)."""
-        self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
-
-    def log(self) -> str:
-        """The server's log."""
-        path = self.root / "postgres.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-
 @pytest.fixture
-def cluster() -> Iterator[Cluster]:
+def cluster() -> Iterator[PostgresCluster]:
     """A started throwaway cluster with an empty ``creditq`` database; stopped and deleted at the end."""
-    tools = _postgres_tools()
-    if isinstance(tools, str):
-        pytest.skip(f"cannot make a throwaway Postgres: {tools}")
-    runuser, bindir = tools
-    root = Path(tempfile.mkdtemp(prefix="creditq-outage-"))
-    shutil.chown(root, "postgres", "postgres")
-    c = Cluster(runuser, bindir, root, free_port())
+    if isinstance(why := postgres_tools(), str):
+        pytest.skip(f"cannot make a throwaway Postgres: {why}")
+    c = PostgresCluster.create(free_port(), prefix_dir="creditq-outage-")
     try:
-        c.init()
         c.start()
-        asyncio.run(_create_database(c.port))
+        asyncio.run(create_database(c.url("postgres"), "creditq"))
         yield c
     finally:
-        with contextlib.suppress(Exception):
-            c.stop()
-        shutil.rmtree(root, ignore_errors=True)
-
-
-async def _create_database(port: int) -> None:
-    conn = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres")
-    try:
-        await conn.execute("CREATE DATABASE creditq")
-    finally:
-        await conn.close()
+        c.destroy()
 
 
 async def _until(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> float:
@@ -153,9 +63,9 @@ async def _timed(http: httpx.AsyncClient, method: str, path: str, **kwargs: Any)
 
 
 @pytest.mark.slow
-async def test_postgres_outage_and_recovery(cluster: Cluster, procs: Processes) -> None:
+async def test_postgres_outage_and_recovery(cluster: PostgresCluster, procs: Processes) -> None:
     # cluster first: it is torn down after the processes, which never see it vanish at the end.
-    env = {"DATABASE_URL": cluster.url}
+    env = {"DATABASE_URL": cluster.url()}
     migrate = procs.start("migrate", "migrate", env=env)
     assert migrate.popen.wait(60) == 0, migrate.output()
     procs.sim()

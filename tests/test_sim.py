@@ -728,7 +728,9 @@ class TestStatsAndReset:
         assert stats["rateLimited"] == 0
         assert stats["callbacksSent"] == 0
         assert stats["callbacksFailed"] == 0
-        assert stats["tasks"][jobs_id] == {
+        first = stats["tasks"][jobs_id]
+        created, finished = first.pop("createdAt"), first.pop("finishedAt")
+        assert first == {
             "queries": 2,
             "state": "waiting",
             "prompt": "first [sim:seconds=100]",
@@ -736,6 +738,9 @@ class TestStatsAndReset:
             "family": "jobs",
             "key": KEY,
         }
+        # Epoch seconds: when it was accepted, and when it reaches its end state (100 s x the time scale).
+        assert abs(created - time.time()) < 5
+        assert finished - created == pytest.approx(100 * FAST.time_scale)
         assert stats["keys"] == {KEY: {"creates": 2, "queries": 3, "rateLimited": 0}}
         assert stats["tasks"][veo_id]["state"] == "success"
         assert stats["tasks"][veo_id]["queries"] == 1

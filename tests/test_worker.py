@@ -27,10 +27,10 @@ from shared.config import Settings
 from shared.ledger import audit, tasks
 from shared.ledger import webhooks as outbox
 from shared.pricing import Model, load
-from shared.ratelimit import Circuit
+from shared.provider_budget import Circuit
 from tests.apiserver import free_port
 from tests.conftest import MakeAccount, Processes
-from worker import deliveries, jobs, schedule
+from worker import deliveries, schedule, step, sweeper
 from worker.runtime import Runtime, close_runtime, open_runtime
 
 IMAGE = "google/nano-banana"  # cost 4
@@ -190,7 +190,7 @@ async def runtime(settings: Settings, arq_redis: ArqRedis, pool: asyncpg.Pool) -
 async def _run_step(rt: Runtime, task_id: str, poked: bool = False) -> str | float:
     """One step as arq would run it: the end status, or the seconds it asked to be deferred by."""
     try:
-        return await jobs.step({"rt": rt, "job_try": 1}, task_id, poked)
+        return await step.step({"rt": rt, "job_try": 1}, task_id, poked)
     except Retry as e:
         return (e.defer_score or 0) / 1000
 
@@ -473,6 +473,54 @@ async def test_last_look_at_the_deadline(
     assert await entries(pool, done) == ["hold", "capture"]
     assert await entries(pool, slow) == ["hold", "release"]
     assert await account_state(pool, acct.id) == (6, 0)
+    await clean_audit(pool, [acct.id])
+
+
+async def test_sweep_and_retried_last_look_capture_a_success(
+    procs: Processes, runtime: Runtime, pool: asyncpg.Pool, settings: Settings, make_account: MakeAccount
+) -> None:
+    """Found by the soak (docs/SOAK.md): a task whose callback was lost and which the sweep reached past its
+    deadline before its own step was refunded although the provider had succeeded; so was one whose single last
+    look met a transient error. The sweep now takes the last look too, and a transient error is tried again
+    within the grace (half the sweep interval)."""
+    sim = procs.sim("--time-scale", "0.01")
+    rt = dataclasses.replace(runtime, settings=dataclasses.replace(runtime.settings, kie_base_url=sim.url))
+    rt.provider = type(runtime.provider)(rt.settings, rt.http)
+    acct, _ = await make_account(credits=12, tier="pro")
+    swept = await submit(pool, None, settings, acct.id, "swept [sim:seconds=1]", enqueue=False)
+    flaky = await submit(pool, None, settings, acct.id, "flaky [sim:seconds=1] [sim:flaky]", enqueue=False)
+    late = await submit(pool, None, settings, acct.id, "late [sim:seconds=1] [sim:flaky]", enqueue=False)
+    for task_id in (swept, flaky, late):
+        await _run_step(rt, task_id)
+        assert (await tasks.get(pool, task_id))["status"] == "running"
+    await asyncio.sleep(0.1)  # the provider has finished both (1 s x 0.01)
+    # The sweep reaches `swept` past its deadline: it asks the provider, and captures.
+    await pool.execute("UPDATE tasks SET deadline_at = now() - interval '0.1 second' WHERE id = $1", swept)
+    await sweeper.sweep(rt)
+    assert (await tasks.get(pool, swept))["status"] == "succeeded"
+    # `flaky`: its next status query (the 2nd) answers HTTP 500. The last look is tried again, not refunded.
+    async with httpx.AsyncClient() as http:
+        for task_id in (flaky, late):  # one status query each, so that the next one is the 2nd
+            provider_id = (await tasks.get(pool, task_id))["provider_task_id"]
+            first = await http.get(
+                f"{sim.url}/api/v1/jobs/recordInfo",
+                params={"taskId": provider_id},
+                headers={"Authorization": f"Bearer {rt.settings.kie_api_key}"},
+            )
+            assert first.status_code == 200
+    await pool.execute("UPDATE tasks SET deadline_at = now() - interval '0.1 second' WHERE id = $1", flaky)
+    again = await _run_step(rt, flaky)
+    assert isinstance(again, float)
+    assert 0 < again <= step.last_look_grace(rt.settings.sweep_seconds)
+    assert (await tasks.get(pool, flaky))["status"] == "running"
+    assert await _run_step(rt, flaky) == "succeeded"
+    # `late` is past the grace when the sweep reaches it: its look meets the 500, one more look at once gets through.
+    await pool.execute("UPDATE tasks SET deadline_at = now() - interval '1 minute' WHERE id = $1", late)
+    await sweeper.sweep(rt)
+    assert (await tasks.get(pool, late))["status"] == "succeeded"
+    for task_id in (swept, flaky, late):
+        assert await entries(pool, task_id) == ["hold", "capture"]
+    assert await account_state(pool, acct.id) == (0, 0)
     await clean_audit(pool, [acct.id])
 
 
