@@ -10,7 +10,7 @@ from starlette.routing import Route
 
 from api.services import Services, services
 from shared.ledger import accounts
-from shared.ratelimit import circuit_keys
+from shared.provider_budget import circuit_keys
 
 CHECK_TIMEOUT_SECONDS = 2.0
 

@@ -43,7 +43,7 @@ from redis.asyncio import Redis
 from shared import redis_keys
 from shared.config import Settings
 from shared.ledger import audit, stats
-from shared.ratelimit import ProviderBudget, open_circuit_info
+from shared.provider_budget import ProviderBudget, open_circuit_info
 
 # --- What the API and the workers count -----------------------------------------------------------------------
 

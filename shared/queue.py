@@ -148,12 +148,21 @@ async def poke(arq: ArqRedis, settings: Settings, task_id: str) -> bool:
 DELIVER_FUNCTION = "deliver"
 
 
-async def enqueue_delivery(arq: ArqRedis, settings: Settings, webhook_id: str, now: bool = False) -> bool:
+async def enqueue_delivery(
+    arq: ArqRedis, settings: Settings, webhook_id: str, now: bool = False, swept_at_attempt: int | None = None
+) -> bool:
     """Ask a worker to attempt a client webhook delivery. Returns False if its job is already queued (a no-op).
     ``now``: a client's retry, under a job id of its own so that it is not swallowed by a job deferred for hours
-    (the deferred one then finds nothing due and ends). Raises redis errors; a lost hint is found again by the
+    (the deferred one then finds nothing due and ends). ``swept_at_attempt``: the delivery sweep's hint for a
+    delivery found overdue after that many attempts, under a job id of its own too, so that a job left "in
+    progress" by a killed worker (which arq would run again only after its lease) does not block it; one per
+    attempt count however often the sweep finds it. Raises redis errors; a lost hint is found again by the
     delivery sweep in Postgres."""
-    at = datetime.now(UTC).timestamp()
-    job_id = redis_keys.delivery_now_job_id(webhook_id, at) if now else redis_keys.delivery_job_id(webhook_id)
+    if now:
+        job_id = redis_keys.delivery_now_job_id(webhook_id, datetime.now(UTC).timestamp())
+    elif swept_at_attempt is not None:
+        job_id = redis_keys.delivery_sweep_job_id(webhook_id, swept_at_attempt)
+    else:
+        job_id = redis_keys.delivery_job_id(webhook_id)
     job = await arq.enqueue_job(DELIVER_FUNCTION, webhook_id, _job_id=job_id, _queue_name=settings.queue_name)
     return job is not None

@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from shared import metrics
 from shared.config import Settings
 from shared.ledger import stats
-from shared.ratelimit import Circuit
+from shared.provider_budget import Circuit
 from tests.conftest import ROOT, Processes
 
 ADMIN_TOKEN = "admin-secret"

@@ -23,11 +23,11 @@ from shared.config import Settings
 from shared.ledger import tasks
 from shared.pricing import Model, load
 from shared.provider import ProviderClient, note_provider_task
-from shared.ratelimit import key_id
+from shared.provider_budget import key_id
 from tests.apiserver import free_port
 from tests.conftest import MakeAccount, Processes
 from tests.test_worker import account_state, arq_redis, clean_audit, entries, sim_stats, wait_terminal
-from worker import jobs
+from worker import step
 from worker.runtime import Runtime, close_runtime, open_runtime
 
 __all__ = ["arq_redis"]  # the fixture, imported for this module's tests
@@ -80,7 +80,7 @@ def _against(rt: Runtime, sim_url: str, **changes: Any) -> Runtime:
 async def _step(rt: Runtime, task_id: str, poked: bool = False) -> str | float:
     """One step as arq would run it: the end status, or the seconds it asked to be deferred by."""
     try:
-        return await jobs.step({"rt": rt, "job_try": 1}, task_id, poked)
+        return await step.step({"rt": rt, "job_try": 1}, task_id, poked)
     except Retry as e:
         return (e.defer_score or 0) / 1000
 
