@@ -22,7 +22,7 @@ from typing import Any
 from api.charts import Series, stacked_bars
 from shared.ledger import stats
 from shared.ledger.audit import Report
-from shared.metrics import OpsState
+from shared.scrape_state import OpsState
 
 REFRESH_SECONDS = 10
 TEMPLATE = Path(__file__).with_name("templates") / "admin.html"

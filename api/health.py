@@ -9,7 +9,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from api.services import Services, services
-from shared import metrics
+from shared import scrape_state
 from shared.ledger import accounts
 from shared.provider_budget import circuit_keys
 
@@ -31,13 +31,13 @@ async def _postgres(svc: Services) -> str:
 
 async def _redis(svc: Services) -> tuple[str, str, dict[str, object] | None]:
     """Redis's state, and the provider's as the workers record it in Redis: ``unreachable`` after
-    :data:`shared.metrics.PROVIDER_UNREACHABLE_AFTER` connection failures in a row, else ``circuit_open`` while
+    :data:`shared.scrape_state.PROVIDER_UNREACHABLE_AFTER` connection failures in a row, else ``circuit_open`` while
     the out-of-credits circuit is open, else ``ok``; with the last connection error when there is one."""
     try:
         redis = await svc.arq()
         async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
             circuit = await redis.exists(*circuit_keys(svc.settings))
-            reach = await metrics.provider_reach(redis, svc.settings)
+            reach = await scrape_state.provider_reach(redis, svc.settings)
     except Exception:
         return "down", "unknown", None
     if reach is not None and reach["unreachable"]:

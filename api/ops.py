@@ -32,7 +32,7 @@ from api.auth import require_admin
 from api.parsing import query_value
 from api.scrape import connected_or_none
 from api.services import Services, services
-from shared import metrics, queue, repairs
+from shared import queue, repairs, scrape_state
 from shared.errors import Forbidden, InvalidInput, NotFound, Unauthenticated
 from shared.ledger import accounts, stats, tasks
 from shared.ledger.audit import Report, audit
@@ -83,7 +83,7 @@ async def run_audit(svc: Services, pool: asyncpg.Pool, fix: bool) -> Report:
         log.info("audit.fixed", did=line)
     try:
         # The freshest audit is what creditq_audit_problems should show (the workers' run every few minutes).
-        await metrics.record_audit(await svc.arq(), svc.settings, (p.kind for p in report.problems))
+        await scrape_state.record_audit(await svc.arq(), svc.settings, (p.kind for p in report.problems))
     except Exception as e:
         log.warning("audit.not_recorded", error=f"{type(e).__name__}: {e}")
     return report
@@ -143,7 +143,7 @@ async def admin(request: Request) -> HTMLResponse:
         raise InvalidInput("account is too long", details=[{"field": "account", "message": "too long"}])
     pool = await connected_or_none(svc.db())
     redis = await connected_or_none(svc.arq())
-    state = await metrics.ops_state(svc.settings, pool, redis)
+    state = await scrape_state.ops_state(svc.settings, pool, redis)
     data = admin_page.PageData(
         state=state, account_ref=ref, query_token=query_token, failure_window_seconds=FAILURE_WINDOW_SECONDS
     )

@@ -1,5 +1,5 @@
 """The scrape: ``GET /metrics`` (no auth, as Prometheus expects: keep it on the internal network) renders the API's own
-registry, the workers' snapshots from Redis and the scrape-time gauges (see :mod:`shared.metrics`). With
+registry, the workers' snapshots from Redis and the scrape-time gauges (see :mod:`shared.fleet_metrics` and :mod:`shared.scrape_state`). With
 Postgres or Redis down it still answers 200, without the gauges of that source and with
 ``creditq_state_source_up{source=...} 0``.
 """
@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from api.services import services
-from shared import metrics
+from shared import fleet_metrics, scrape_state
 from shared.errors import Unavailable
 
 T = TypeVar("T")
@@ -40,8 +40,8 @@ async def metrics_endpoint(request: Request) -> Response:
     svc = services(request)
     pool = await connected_or_none(svc.db())
     redis = await connected_or_none(svc.arq())
-    state = await metrics.ops_state(svc.settings, pool, redis)
-    body = metrics.render(metrics.local_collector(svc.settings), state)
+    state = await scrape_state.ops_state(svc.settings, pool, redis)
+    body = scrape_state.render(fleet_metrics.local_collector(svc.settings), state)
     return Response(body, media_type=CONTENT_TYPE_PLAIN_0_0_4, headers={"Cache-Control": "no-store"})
 
 

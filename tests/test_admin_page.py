@@ -22,7 +22,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from shared import metrics, queue
+from shared import queue, scrape_state
 from shared.config import Settings
 from shared.ledger import stats
 from shared.provider_budget import Circuit
@@ -156,7 +156,7 @@ async def test_a_browser_shows_the_apis_figures(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     api = procs.api()
-    await metrics.record_provider_credits(redis, settings, 1234.5)
+    await scrape_state.record_provider_credits(redis, settings, 1234.5)
     async with httpx.AsyncClient(base_url=api.url, timeout=30) as client:
         created = await client.post("/v1/admin/accounts", json={"credits": 100, "tier": "pro"}, headers=ADMIN)
         assert created.status_code == 201, created.text

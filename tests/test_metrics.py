@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from shared import metrics
+from shared import fleet_metrics, scrape_state
 from shared.ledger.stats import Gauges
 from tests.apiserver import free_port
 from tests.conftest import Processes
@@ -47,7 +47,7 @@ def test_snapshot_keeps_only_creditq_and_process_families() -> None:
     registry, finished, latency = _registry()
     finished.labels("m", "succeeded").inc(3)
     latency.labels("/x").observe(0.5)
-    names = {f["n"] for f in metrics.snapshot(registry)}
+    names = {f["n"] for f in fleet_metrics.snapshot(registry)}
     assert names == {"creditq_t_finished", "creditq_t_seconds"}
 
 
@@ -60,8 +60,8 @@ def test_worker_snapshots_merge_into_one_family_per_name() -> None:
     w1_latency.labels("/x").observe(0.5)
     w2, w2_finished, _ = _registry()
     w2_finished.labels("m", "succeeded").inc(5)
-    workers = {"host:1": metrics.snapshot(w1), "host:2": metrics.snapshot(w2)}
-    text = generate_latest(metrics.ClusterCollector(api, workers)).decode()
+    workers = {"host:1": fleet_metrics.snapshot(w1), "host:2": fleet_metrics.snapshot(w2)}
+    text = generate_latest(fleet_metrics.ClusterCollector(api, workers)).decode()
 
     assert text.count("# TYPE creditq_t_finished_total counter") == 1
     assert text.count("# TYPE creditq_t_seconds histogram") == 1
@@ -77,11 +77,11 @@ def test_worker_snapshots_merge_into_one_family_per_name() -> None:
 
 def test_a_snapshot_of_another_shape_is_skipped_not_fatal() -> None:
     workers: dict[str, list[dict[str, Any]]] = {"odd": [{"n": "creditq_bad", "t": "counter"}, {"nonsense": True}]}
-    assert generate_latest(metrics.ClusterCollector(None, workers)) == b""
+    assert generate_latest(fleet_metrics.ClusterCollector(None, workers)) == b""
 
 
 def test_scrape_time_gauges_render_and_name_unreadable_sources() -> None:
-    state = metrics.OpsState(
+    state = scrape_state.OpsState(
         gauges=Gauges(
             queued=2,
             running=3,
@@ -95,7 +95,7 @@ def test_scrape_time_gauges_render_and_name_unreadable_sources() -> None:
         ),
         errors={"redis": "ConnectionError: down"},
     )
-    samples = _samples(metrics.render(None, state).decode())
+    samples = _samples(scrape_state.render(None, state).decode())
     assert _value(samples, "creditq_tasks_in_flight", state="queued") == 2
     assert _value(samples, "creditq_tasks_in_flight", state="running") == 3
     assert _value(samples, "creditq_tasks_stuck") == 1

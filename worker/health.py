@@ -3,8 +3,8 @@
 - :func:`note_transient`: a create that failed transiently (the task goes back to ``queued``) writes the error
   on the task (``tasks.last_error``, shown as ``lastError`` in a queued task's view) and, when the provider could
   not be reached at all (connection refused, DNS, connect timeout, no answer), counts one more connection
-  failure in Redis (:func:`shared.metrics.record_provider_unreached`). After
-  :data:`shared.metrics.PROVIDER_UNREACHABLE_AFTER` in a row, ``/readyz`` says ``"provider": "unreachable"``
+  failure in Redis (:func:`shared.scrape_state.record_provider_unreached`). After
+  :data:`shared.scrape_state.PROVIDER_UNREACHABLE_AFTER` in a row, ``/readyz`` says ``"provider": "unreachable"``
   (degraded) and the operator's page says so with the last error.
 - :func:`note_reached`: any answer from the provider (a create accepted, a balance polled) starts the count
   again. This process remembers whether it saw a failure, so a healthy fleet pays no Redis write per create.
@@ -21,7 +21,7 @@ import asyncio
 import httpx
 import structlog
 
-from shared import metrics
+from shared import scrape_state
 from shared.errors import ProviderError
 from shared.ledger import tasks
 from worker.runtime import Runtime
@@ -46,11 +46,11 @@ async def note_unreached(rt: Runtime, e: BaseException) -> int | None:
     _failing = True
     message = e.message if isinstance(e, ProviderError) else f"{type(e).__name__}: {e}"
     try:
-        failures = await metrics.record_provider_unreached(rt.redis, rt.settings, message)
+        failures = await scrape_state.record_provider_unreached(rt.redis, rt.settings, message)
     except Exception as err:
         log.warning("provider.reach_not_recorded", error=f"{type(err).__name__}: {err}")
         return None
-    if failures == metrics.PROVIDER_UNREACHABLE_AFTER:
+    if failures == scrape_state.PROVIDER_UNREACHABLE_AFTER:
         log.error("provider.unreachable", kie_base_url=rt.settings.kie_base_url, failures=failures, error=message)
     return failures
 
@@ -62,7 +62,7 @@ async def note_reached(rt: Runtime) -> None:
     if not _failing:
         return
     try:
-        await metrics.record_provider_reached(rt.redis, rt.settings)
+        await scrape_state.record_provider_reached(rt.redis, rt.settings)
         _failing = False
     except Exception as err:
         log.warning("provider.reach_not_recorded", error=f"{type(err).__name__}: {err}")

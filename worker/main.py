@@ -12,7 +12,7 @@ import structlog
 from arq.worker import Worker, get_kwargs
 from redis.exceptions import RedisError
 
-from shared import db, queue
+from shared import db, fleet_metrics, queue
 from shared.config import Settings
 from shared.errors import Unavailable
 from worker.settings import make
@@ -126,8 +126,6 @@ def check(settings: Settings, within: float = HEALTHY_WITHIN_SECONDS) -> int:
     import socket
     import time
 
-    from shared import metrics
-
     async def probe() -> int:
         try:
             redis = await queue.connect(settings)
@@ -135,7 +133,7 @@ def check(settings: Settings, within: float = HEALTHY_WITHIN_SECONDS) -> int:
             print(f"unhealthy: {e.message}")
             return 1
         try:
-            ids = await redis.zrangebyscore(metrics.workers_key(settings), time.time() - within, "+inf")
+            ids = await redis.zrangebyscore(fleet_metrics.workers_key(settings), time.time() - within, "+inf")
         finally:
             await redis.aclose()
         host = socket.gethostname() + ":"

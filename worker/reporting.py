@@ -1,8 +1,8 @@
 """The worker's reporting loops, started in arq's ``on_startup`` beside the sweeper.
 
-- :func:`metrics_push_loop`: every ``shared.metrics.PUSH_SECONDS`` (jittered) this process writes a snapshot of
+- :func:`metrics_push_loop`: every ``shared.fleet_metrics.PUSH_SECONDS`` (jittered) this process writes a snapshot of
   its metrics to Redis, where the API's ``/metrics`` serves it with a ``worker`` label (the choice is explained
-  in :mod:`shared.metrics`). A failed push is retried at the next tick; nothing else waits for it.
+  in :mod:`shared.fleet_metrics`). A failed push is retried at the next tick; nothing else waits for it.
 - :func:`provider_credit_loop`: every :data:`CREDIT_BALANCE_SECONDS`, one worker of the fleet (whoever takes
   the lock ``{CREDITQ_QUEUE}:creditbalance``) asks the provider for its credit balance and records it in Redis
   for ``creditq_provider_credits`` and the operator's page. The first poll is at start, so a new deployment
@@ -22,7 +22,7 @@ import time
 
 import structlog
 
-from shared import metrics, redis_keys
+from shared import fleet_metrics, metrics, redis_keys, scrape_state
 from shared.ledger.audit import audit
 from worker import health, interval_lock
 from worker.runtime import Runtime
@@ -37,18 +37,18 @@ FAILURE_LOG_SECONDS = 60.0  # a Redis outage would otherwise log a line per push
 
 async def metrics_push_loop(rt: Runtime, worker_id: str | None = None) -> None:
     """Push this process's metrics snapshot every few seconds, until cancelled."""
-    wid = worker_id or metrics.worker_id()
+    wid = worker_id or fleet_metrics.worker_id()
     last_warning = 0.0
     while True:
         try:
-            await metrics.push_snapshot(rt.redis, rt.settings, wid)
+            await fleet_metrics.push_snapshot(rt.redis, rt.settings, wid)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # an outage must not kill the loop: the next tick tries again
             if time.monotonic() - last_warning > FAILURE_LOG_SECONDS:
                 last_warning = time.monotonic()
                 log.warning("metrics.push_failed", worker=wid, error=f"{type(e).__name__}: {e}")
-        await asyncio.sleep(metrics.PUSH_SECONDS * random.uniform(0.9, 1.1))
+        await asyncio.sleep(fleet_metrics.PUSH_SECONDS * random.uniform(0.9, 1.1))
 
 
 async def poll_credit_balance(rt: Runtime) -> float | None:
@@ -68,7 +68,7 @@ async def poll_credit_balance(rt: Runtime) -> float | None:
     metrics.CREDIT_POLLS.labels("ok").inc()
     await health.note_reached(rt)
     try:
-        await metrics.record_provider_credits(rt.redis, rt.settings, credits)
+        await scrape_state.record_provider_credits(rt.redis, rt.settings, credits)
     except asyncio.CancelledError:
         raise
     except Exception as e:
@@ -89,7 +89,7 @@ async def run_audit(rt: Runtime) -> int:
     """Run the audit once (read-only) and record its summary in Redis; returns the number of problems. Raises
     Unavailable and redis errors."""
     report = await audit(rt.pool, rt.settings.sweep_seconds)
-    await metrics.record_audit(rt.redis, rt.settings, (p.kind for p in report.problems))
+    await scrape_state.record_audit(rt.redis, rt.settings, (p.kind for p in report.problems))
     if report.ok:
         log.info("audit.clean")
     else:
