@@ -32,7 +32,7 @@ import structlog
 from shared.config import Settings
 from shared.ledger import accounts
 
-log = structlog.get_logger()
+log = structlog.get_logger("creditq.api")
 
 CHANNEL = "creditq_auth"
 # Waits between attempts to (re)open the LISTEN connection.
@@ -135,7 +135,7 @@ class AuthCache:
             try:
                 conn = await asyncpg.connect(self._settings.database_url, timeout=5)
             except Exception as e:  # Postgres down or refusing: the cache stays off meanwhile
-                log.warning("auth cache: cannot listen; keys are read from Postgres", error=f"{type(e).__name__}: {e}")
+                log.warning("auth_cache.listen_failed", reading="postgres", error=f"{type(e).__name__}: {e}")
                 await asyncio.sleep(_RETRY_SECONDS[min(attempt, len(_RETRY_SECONDS) - 1)])
                 attempt += 1
                 continue
@@ -148,9 +148,9 @@ class AuthCache:
                 self._listening = True
                 attempt = 0
                 await lost.wait()
-                log.warning("auth cache: listener connection lost; keys are read from Postgres until it is back")
+                log.warning("auth_cache.listener_lost", reading="postgres")
             except Exception as e:
-                log.warning("auth cache: listener failed", error=f"{type(e).__name__}: {e}")
+                log.warning("auth_cache.listener_failed", error=f"{type(e).__name__}: {e}")
             finally:
                 self._drop_all()
                 self._conn = None

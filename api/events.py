@@ -34,7 +34,7 @@ from api.services import Services, services
 from shared.errors import Unavailable
 from shared.ledger import tasks
 
-log = structlog.get_logger()
+log = structlog.get_logger("creditq.api")
 
 CHANNEL = "cq_task_events"
 KEEPALIVE_SECONDS = 15.0
