@@ -166,3 +166,19 @@ async def enqueue_delivery(
         job_id = redis_keys.delivery_job_id(webhook_id)
     job = await arq.enqueue_job(DELIVER_FUNCTION, webhook_id, _job_id=job_id, _queue_name=settings.queue_name)
     return job is not None
+
+
+async def queued_task_ids(arq: ArqRedis, settings: Settings, limit: int = 10_000) -> tuple[list[str], int]:
+    """The task ids of the first ``limit`` queue entries (step and poke jobs, due or deferred), deduplicated, and
+    the number of entries in all. A finished task's deferred wake-up stays queued until it is due (its step then
+    finds the task ended), so the entries over-count live work: the caller checks the ids against Postgres.
+    Raises redis errors."""
+    total = int(await arq.zcard(settings.queue_name))
+    raw = await arq.zrange(settings.queue_name, 0, limit - 1)
+    ids: set[str] = set()
+    for member in raw:
+        job = member.decode() if isinstance(member, bytes) else str(member)
+        parts = job.split(":")  # task:<taskId>, poke:<taskId> or poke:<taskId>:<ms>
+        if parts[0] in ("task", "poke") and len(parts) > 1 and parts[1]:
+            ids.add(parts[1])
+    return sorted(ids), total

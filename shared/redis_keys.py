@@ -112,6 +112,12 @@ def provider_credits(queue_name: str) -> str:
     return f"{queue_name}:provider:credits"
 
 
+def provider_reach(queue_name: str) -> str:
+    """HASH ``failures`` (connection failures to the provider in a row, any worker), ``lastError``, ``at`` (unix
+    time of the last failure); deleted when the provider answers (worker/health.py)."""
+    return f"{queue_name}:provider:reach"
+
+
 def audit_last(queue_name: str) -> str:
     """STRING (JSON): the last audit's summary."""
     return f"{queue_name}:audit:last"

@@ -394,18 +394,22 @@ async def test_one_key_refused_does_not_stop_the_others(
         for k in rt.keys.keys:
             await k.circuit.close()
         acct, _ = await make_account(credits=100, tier="pro")
-        ids = [
-            await _submit(pool, None, settings, acct.id, IMAGE, {"prompt": f"t{i} [sim:seconds=1]"}) for i in range(4)
-        ]
-        ends = await asyncio.gather(*(_drive(rt, t) for t in ids))
-        assert list(ends) == ["succeeded"] * 4
         bad, good = rt.keys.keys
+        # Creates start from a random key: one task at a time until one of them has met the bad key (each has
+        # even odds; 20 tries all missing it would be one chance in a million).
+        ids: list[str] = []
+        while not await bad.circuit.is_open():
+            assert len(ids) < 20, "no create ever went to the bad key"
+            ids.append(await _submit(pool, None, settings, acct.id, IMAGE, {"prompt": f"t{len(ids)} [sim:seconds=1]"}))
+            await _step(rt, ids[-1])
+        ends = await asyncio.gather(*(_drive(rt, t) for t in ids))
+        assert list(ends) == ["succeeded"] * len(ids)
         info = await bad.circuit.info()
         assert info is not None and info["reason"] == "provider_unauthorized"
         assert not await good.circuit.is_open()
         rows = await pool.fetch("SELECT provider_key, charged FROM tasks WHERE id = ANY($1)", ids)
         assert {r["provider_key"] for r in rows} == {good.id} and all(r["charged"] == 4 for r in rows)
-        assert await account_state(pool, acct.id) == (84, 0)
+        assert await account_state(pool, acct.id) == (100 - 4 * len(ids), 0)
         for k in rt.keys.keys:
             await k.circuit.close()
         await clean_audit(pool, [acct.id])

@@ -19,7 +19,7 @@ from arq.worker import func
 
 from shared import queue, redis_keys
 from shared.config import Settings
-from worker import deliveries, reporting, step, sweeper
+from worker import deliveries, health, reporting, step, sweeper
 from worker.runtime import close_runtime, open_runtime
 
 log = structlog.get_logger("creditq.worker")
@@ -44,6 +44,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     rt.background.append(asyncio.create_task(reporting.metrics_push_loop(rt), name="creditq-metrics"))
     rt.background.append(asyncio.create_task(reporting.provider_credit_loop(rt), name="creditq-credit-balance"))
     rt.background.append(asyncio.create_task(reporting.audit_loop(rt), name="creditq-audit"))
+    rt.background.append(asyncio.create_task(health.startup_probe(rt), name="creditq-provider-probe"))
     ctx["rt"] = rt
     log.info(
         "worker.started",

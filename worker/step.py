@@ -69,7 +69,7 @@ from shared.ledger import tasks
 from shared.pricing import Model
 from shared.provider import CreateOutcomeUnknown, ProviderStatus, note_provider_task, noted_provider_task
 from shared.provider_budget import Kind, ProviderKey
-from worker import schedule
+from worker import health, schedule
 from worker.runtime import Runtime
 
 log = structlog.get_logger("creditq.worker")
@@ -212,9 +212,11 @@ async def _submit(rt: Runtime, task: asyncpg.Record, model: Model, tlog: Log) ->
         delay = max(e.retry_after or 0.0, schedule.backoff(int(claimed["submit_attempts"])))
         delay = schedule.bounded(delay, _until(task["deadline_at"]))
         await tasks.abandon_submit(rt.pool, task_id, _at(delay))
+        await health.note_transient(rt, task_id, e)
         tlog.info("task.create_retry", error=e.message, retry_in=round(delay, 1))
         raise Retry(defer=delay) from None
     tlog = tlog.bind(provider_task_id=provider_task_id)
+    await health.note_reached(rt)
     with contextlib.suppress(RedisError, OSError):
         await note_provider_task(rt.redis, rt.settings, task_id, provider_task_id)
     first = schedule.first_check(rt.settings.callbacks_enabled, model.typical_seconds)
