@@ -160,7 +160,10 @@ def _provider(d: PageData) -> str:
         why = s.circuit.get("reason", "unknown")
         since = s.circuit.get("since")
         when = f" since {_utc(float(since))} UTC" if isinstance(since, int | float) else ""
-        circuit = f'<td id="circuit-state" data-value="open" class="bad">OPEN: {_e(why)}{_e(when)}</td>'
+        # Which provider key (its public id), and how many of the keys are open (KIE_API_KEYS).
+        key, opened, keys = s.circuit.get("providerKey"), s.circuit.get("openKeys"), s.circuit.get("keys")
+        which = f" (key {key}, {opened} of {keys} keys)" if key is not None else ""
+        circuit = f'<td id="circuit-state" data-value="open" class="bad">OPEN: {_e(why)}{_e(which)}{_e(when)}</td>'
     rows = [_row("reachable", _reach(s)), _row("circuit", circuit)]
     if s.provider_credits is None:
         rows.append(_row("credit balance", _num("provider-credits", None)))

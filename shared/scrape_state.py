@@ -51,6 +51,17 @@ class OpsState:
     errors: dict[str, str] = field(default_factory=dict)
 
 
+async def _budget_usage(redis: Redis, settings: Settings) -> dict[str, tuple[int, int]]:
+    """Kind → (calls in the current window, limit), summed over every provider key (``KIE_API_KEYS``): what the
+    fleet uses of all its keys' budgets together. Raises redis errors."""
+    total: dict[str, tuple[int, int]] = {}
+    for key in settings.provider_keys:
+        for kind, (used, limit) in (await ProviderBudget(redis, settings, key).usage()).items():
+            was = total.get(kind, (0, 0))
+            total[kind] = (was[0] + used, was[1] + limit)
+    return total
+
+
 async def ops_state(settings: Settings, pool: asyncpg.Pool | None, redis: Redis | None) -> OpsState:
     """Read the scrape-time state; never raises for an unreachable source (it is recorded in ``errors``)."""
     state = OpsState()
@@ -76,7 +87,7 @@ async def ops_state(settings: Settings, pool: asyncpg.Pool | None, redis: Redis 
                 state.provider_credits = await last_provider_credits(redis, settings)
                 state.provider_reach = await provider_reach(redis, settings)
                 state.audit = await last_audit(redis, settings)
-                state.budget = await ProviderBudget(redis, settings).usage()
+                state.budget = await _budget_usage(redis, settings)
                 state.workers = await read_snapshots(redis, settings)
         except Exception as e:
             state.errors["redis"] = f"{type(e).__name__}: {e}"

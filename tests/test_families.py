@@ -503,3 +503,28 @@ def test_families_are_found_and_the_price_list_names_only_those(settings: Settin
             m, {"prompt": "p", "model": "evil", "callBackUrl": "https://evil/cb"}, None
         )
         assert req.body["model"] == m.provider_model and "evil" not in json.dumps(req.body)
+
+
+async def test_open_circuits_name_the_key(settings: Settings, redis: Any) -> None:
+    """With several keys, /metrics and the admin page say which key's circuit is open, and how many are."""
+    from api.admin_page import PageData, _provider
+    from shared.scrape_state import OpsState
+    from shared.provider_budget import Circuit, open_circuit_info
+
+    two = dataclasses.replace(settings, kie_api_keys=("k-one", "k-two"), queue_name=f"{settings.queue_name}:circ")
+    second = Circuit(redis, two, "k-two")
+    assert await open_circuit_info(redis, two) is None
+    await second.open("provider_usage_cap", 30)
+    try:
+        info = await open_circuit_info(redis, two)
+        assert info is not None
+        assert (info["reason"], info["providerKey"], info["openKeys"], info["keys"]) == (
+            "provider_usage_cap",
+            key_id(two, "k-two"),
+            1,
+            2,
+        )
+        html = _provider(PageData(state=OpsState(circuit_known=True, circuit=info)))
+        assert f"provider_usage_cap (key {key_id(two, 'k-two')}, 1 of 2 keys)" in html
+    finally:
+        await second.close()
