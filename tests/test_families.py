@@ -508,8 +508,8 @@ def test_families_are_found_and_the_price_list_names_only_those(settings: Settin
 async def test_open_circuits_name_the_key(settings: Settings, redis: Any) -> None:
     """With several keys, /metrics and the admin page say which key's circuit is open, and how many are."""
     from api.admin_page import PageData, _provider
-    from shared.scrape_state import OpsState
     from shared.provider_budget import Circuit, open_circuit_info
+    from shared.scrape_state import OpsState
 
     two = dataclasses.replace(settings, kie_api_keys=("k-one", "k-two"), queue_name=f"{settings.queue_name}:circ")
     second = Circuit(redis, two, "k-two")
