@@ -13,9 +13,10 @@ $(BIN)/.installed: requirements-dev.lock pyproject.toml
 
 install: $(BIN)/.installed
 
-## dev: migrate, then simulator + API + worker in this terminal (Postgres and Redis on localhost)
+## dev: migrate, then simulator + API + worker in this terminal (Postgres and Redis on localhost);
+## options as ARGS, e.g. make dev ARGS="--port 8600 --sim-port 8700"
 dev: install
-	$(BIN)/creditq dev
+	$(BIN)/creditq dev $(ARGS)
 
 ## test: lint, type-check, then the whole suite against a fresh test database
 test: install

@@ -19,6 +19,7 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
+from api.charts import Series, stacked_bars
 from shared.ledger import stats
 from shared.ledger.audit import Report
 from shared.metrics import OpsState
@@ -36,6 +37,12 @@ class PageData:
     by_status: dict[str, int] | None = None
     stuck: list[stats.StuckTask] | None = None
     failures: list[stats.FailureReason] | None = None
+    samples: list[stats.FailureSample] | None = None
+    history: list[stats.Bucket] | None = None
+    history_step_seconds: float = 900.0
+    queue_live: tuple[int, int] | None = None  # (live tasks with a queue entry, entries in all)
+    account_jobs: list[Mapping[str, Any]] | None = None
+    account_entries: list[dict[str, Any]] | None = None
     failure_window_seconds: float = 86_400.0
     audit: Report | None = None
     audit_at: float | None = None
@@ -116,9 +123,31 @@ def _tasks(d: PageData) -> str:
     for status in ("queued", "running", "succeeded", "failed", "canceled"):
         value = d.by_status.get(status, 0) if d.by_status is not None else None
         rows.append(_row(f"all time: {status}", _num(f"tasks-{status}", value)))
-    queue = d.state.queue_depth
-    rows.append(_row("arq queue depth", _num("queue-depth", queue)))
+    if d.queue_live is None:
+        rows.append(_row("queue: live tasks", _num("queue-depth", None)))
+    else:
+        live, entries = d.queue_live
+        rows.append(_row("queue: live tasks", _num("queue-depth", live)))
+        stale = f"{entries:,} entries in Redis; the rest are wake-ups of finished tasks, dropped when due"
+        rows.append(
+            f'<tr><td colspan="2" class="muted small" id="queue-entries" data-value="{entries}">{_e(stale)}</td></tr>'
+        )
     return "".join(rows)
+
+
+def _reach(s: OpsState) -> str:
+    """The provider's reachability as the workers last saw it: the last connection error while it fails."""
+    if not s.circuit_known:
+        return '<td id="provider-reach" data-value="unknown" class="muted">unknown</td>'
+    r = s.provider_reach
+    if r is None:
+        return '<td id="provider-reach" data-value="ok" class="ok">yes: the last call was answered</td>'
+    state, cls = ("unreachable", "bad") if r["unreachable"] else ("failing", "warn")
+    return (
+        f'<td id="provider-reach" data-value="{state}" data-failures="{_e(r["failures"])}" class="{cls}">'
+        f"{_e(state.upper())}: {_e(r['failures'])} connection failure(s) in a row, the last at "
+        f'{_e(_utc(float(r["at"])))} UTC: <code id="provider-last-error">{_e(r["lastError"])}</code></td>'
+    )
 
 
 def _provider(d: PageData) -> str:
@@ -131,8 +160,11 @@ def _provider(d: PageData) -> str:
         why = s.circuit.get("reason", "unknown")
         since = s.circuit.get("since")
         when = f" since {_utc(float(since))} UTC" if isinstance(since, int | float) else ""
-        circuit = f'<td id="circuit-state" data-value="open" class="bad">OPEN: {_e(why)}{_e(when)}</td>'
-    rows = [_row("circuit", circuit)]
+        # Which provider key (its public id), and how many of the keys are open (KIE_API_KEYS).
+        key, opened, keys = s.circuit.get("providerKey"), s.circuit.get("openKeys"), s.circuit.get("keys")
+        which = f" (key {key}, {opened} of {keys} keys)" if key is not None else ""
+        circuit = f'<td id="circuit-state" data-value="open" class="bad">OPEN: {_e(why)}{_e(which)}{_e(when)}</td>'
+    rows = [_row("reachable", _reach(s)), _row("circuit", circuit)]
     if s.provider_credits is None:
         rows.append(_row("credit balance", _num("provider-credits", None)))
     else:
@@ -167,11 +199,12 @@ def _audit(d: PageData) -> str:
     if r is None:
         why = d.errors.get("audit", "not run")
         return f'<p id="audit-ok" data-value="unknown" class="muted">unknown: {_e(why)}</p>'
+    count = f'<span id="audit-problems" data-value="{len(r.problems)}">{len(r.problems)}</span>'
     if r.ok:
-        head = '<p id="audit-ok" data-value="true" class="ok">clean: every invariant holds</p>'
-    else:
-        head = f'<p id="audit-ok" data-value="false" class="bad">{len(r.problems)} problem(s)</p>'
-    head += f'<p class="muted">problems: <span id="audit-problems" data-value="{len(r.problems)}">{len(r.problems)}</span></p>'
+        return (
+            f'<p id="audit-ok" data-value="true" class="ok">clean: every invariant holds<span hidden>{count}</span></p>'
+        )
+    head = f'<p id="audit-ok" data-value="false" class="bad">{count} problem(s)</p>'
     rows = [
         f'<tr class="problem" data-kind="{_e(p.kind)}" data-task="{_e(p.taskId or "")}" '
         f'data-account="{_e(p.accountId or "")}" data-event="{_e(p.eventId or "")}">'
@@ -201,12 +234,51 @@ def _stuck(d: PageData) -> str:
 def _failures(d: PageData) -> str:
     if d.failures is None:
         return f'<p class="muted">unknown: {_e(d.errors.get("failures", "not read"))}</p>'
-    rows = [
-        f'<tr class="failure" data-reason="{_e(f.reason)}" data-value="{f.count}"><td><code>{_e(f.reason)}</code></td>'
-        f'<td class="num">{f.count:,}</td><td>{_e(_utc(f.last_at))}</td></tr>'
-        for f in d.failures
-    ]
-    return _table(("reason", "tasks", "last (UTC)"), rows, "no failed tasks", "failures-table")
+    by_reason: dict[str, list[stats.FailureSample]] = {}
+    for sample in d.samples or []:
+        by_reason.setdefault(sample.reason, []).append(sample)
+    rows = []
+    for f in d.failures:
+        samples = "".join(
+            f'<div class="sample" data-task="{_e(x.task_id)}"><code>{_e(x.task_id)}</code> '
+            f'<span class="muted">{_e(_utc(x.at)[11:])}</span> {_e(x.message[:200])}</div>'
+            for x in by_reason.get(f.reason, [])
+        )
+        rows.append(
+            f'<tr class="failure" data-reason="{_e(f.reason)}" data-value="{f.count}"><td><code>{_e(f.reason)}</code>'
+            f'</td><td class="num">{f.count:,}</td><td>{_e(_utc(f.last_at))}</td><td>{samples}</td></tr>'
+        )
+    return _table(
+        ("reason", "tasks", "last (UTC)", "newest (task id, time, message)"), rows, "no failed tasks", "failures-table"
+    )
+
+
+def _history(d: PageData) -> str:
+    h = d.history
+    if h is None:
+        return f'<p class="muted">unknown: {_e(d.errors.get("history", "not read"))}</p>'
+    starts = [b.start for b in h]
+    step = d.history_step_seconds
+    charts = (
+        stacked_bars("chart-submitted", "jobs submitted", starts, [Series("submitted", "#0969da", [b.submitted for b in h])], step),
+        stacked_bars(
+            "chart-outcomes",
+            "jobs ended",
+            starts,
+            [
+                Series("succeeded", "#1a7f37", [b.succeeded for b in h]),
+                Series("failed", "#cf222e", [b.failed for b in h]),
+                Series("canceled", "#8c959f", [b.canceled for b in h]),
+            ],
+            step,
+        ),
+        stacked_bars("chart-captured", "credits captured", starts, [Series("captured", "#8250df", [b.captured for b in h])], step),
+        stacked_bars(
+            "chart-in-flight", "in flight (queued + running) at each interval's end", starts,
+            [Series("in flight", "#bf8700", [b.in_flight for b in h])], step,
+        ),
+    )  # fmt: skip
+    return f'<div class="charts">{"".join(charts)}</div>'
 
 
 def _account(d: PageData) -> str:
@@ -226,7 +298,44 @@ def _account(d: PageData) -> str:
         _row("held", _num("account-held", int(a["held"]))),
         _row("available", _num("account-available", int(a["available"]))),
     ]
-    return f"<table>{''.join(rows)}</table>"
+    jobs = [
+        f'<tr class="account-job" data-task="{_e(t["taskId"])}"><td><code>{_e(t["taskId"])}</code></td>'
+        f'<td>{_e(t["model"])}</td><td class="{_status_class(str(t["status"]))}">{_e(t["status"])}</td>'
+        f'<td class="num">{_e(t["cost"])}</td><td class="num">{_e(t["charged"])}</td>'
+        f"<td>{_e(str(t['createdAt'])[:19].replace('T', ' '))}</td>"
+        f"<td>{_e(((t.get('error') or {}).get('code')) or t.get('lastError') or '')}</td></tr>"
+        for t in d.account_jobs or []
+    ]
+    entries = [
+        f'<tr class="account-entry" data-entry="{_e(x["id"])}"><td>{_e(x["kind"])}</td>'
+        f'<td class="num">{_e(x["amount"])}</td><td class="num">{_e(x["heldDelta"])}</td>'
+        f'<td class="num">{_e(x["balanceAfter"])}</td><td><code>{_e(x.get("taskId") or "")}</code>'
+        f"{_e(x.get('reason') or '')}</td><td>{_e(str(x['createdAt'])[:19].replace('T', ' '))}</td></tr>"
+        for x in d.account_entries or []
+    ]
+    unread = (
+        f'<p class="bad">cannot read its jobs or entries: {_e(d.errors["account"])}</p>'
+        if "account" in d.errors
+        else ""
+    )
+    return (
+        f"<table>{''.join(rows)}</table>{unread}"
+        "<h3>recent jobs</h3>"
+        + _table(
+            ("task", "model", "status", "cost", "charged", "created (UTC)", "error"), jobs, "no jobs", "account-jobs"
+        )
+        + "<h3>recent entries</h3>"
+        + _table(
+            ("kind", "amount", "held Δ", "balance after", "task / reason", "at (UTC)"),
+            entries,
+            "no entries",
+            "account-entries",
+        )
+    )
+
+
+def _status_class(status: str) -> str:
+    return {"succeeded": "ok", "failed": "bad", "queued": "warn", "running": "warn"}.get(status, "muted")
 
 
 def _money(d: PageData) -> str:
@@ -272,8 +381,37 @@ def render(d: PageData) -> str:
         stuck=_stuck(d),
         failure_window=_e(f"{hours:g} h"),
         failures=_failures(d),
+        history=_history(d),
+        history_window=_e(f"{d.history_step_seconds * len(d.history or []) / 3600:g} h"),
+        history_step=_e(f"{d.history_step_seconds / 60:g} min"),
         token_field=token_field,
         account_ref=_e(d.account_ref),
         account=_account(d),
         money=_money(d),
+    )
+
+
+def login(message: str, disabled: bool, wrong: bool) -> str:
+    """The page a browser gets without the right token: what is wrong and a form asking for the token (sent as
+    ``?token=``), or, while the admin endpoints are disabled, how to enable them. Pure."""
+    if disabled:
+        body = (
+            f'<p class="bad" id="login-error">{_e(message)}</p>'
+            "<p>Start the API with <code>CREDITQ_ADMIN_TOKEN</code> set, then open <code>/admin</code> again.</p>"
+        )
+    else:
+        why = "That token is not the admin token." if wrong else "This page needs the admin token."
+        body = (
+            f'<p class="bad" id="login-error">{_e(why)}</p>'
+            '<form method="get" action="/admin"><input type="password" name="token" '
+            'placeholder="CREDITQ_ADMIN_TOKEN" aria-label="admin token" autofocus> <button type="submit">Open</button>'
+            '</form><p class="muted">Or send <code>Authorization: Bearer &lt;token&gt;</code>. '
+            "<code>creditq dev</code> prints the page's address with its token.</p>"
+        )
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="referrer" content="no-referrer">'
+        "<title>creditq operations: sign in</title><style>body{font:15px/1.5 system-ui,sans-serif;margin:40px auto;"
+        "max-width:34em;color:#1f2328}.bad{color:#cf222e;font-weight:600}.muted{color:#57606a}"
+        "input{padding:5px 8px;width:20em}code{font:13px ui-monospace,monospace}</style></head><body>"
+        f"<h1>creditq operations</h1>{body}</body></html>"
     )

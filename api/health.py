@@ -9,8 +9,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from api.services import Services, services
+from shared import metrics
 from shared.ledger import accounts
-from shared.ratelimit import circuit_keys
+from shared.provider_budget import circuit_keys
 
 CHECK_TIMEOUT_SECONDS = 2.0
 
@@ -28,26 +29,39 @@ async def _postgres(svc: Services) -> str:
     return "ok"
 
 
-async def _redis(svc: Services) -> tuple[str, str]:
-    """Redis's state, and the provider's circuit as the workers record it in Redis."""
+async def _redis(svc: Services) -> tuple[str, str, dict[str, object] | None]:
+    """Redis's state, and the provider's as the workers record it in Redis: ``unreachable`` after
+    :data:`shared.metrics.PROVIDER_UNREACHABLE_AFTER` connection failures in a row, else ``circuit_open`` while
+    the out-of-credits circuit is open, else ``ok``; with the last connection error when there is one."""
     try:
         redis = await svc.arq()
-        circuit = await asyncio.wait_for(redis.exists(*circuit_keys(svc.settings)), CHECK_TIMEOUT_SECONDS)
+        async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
+            circuit = await redis.exists(*circuit_keys(svc.settings))
+            reach = await metrics.provider_reach(redis, svc.settings)
     except Exception:
-        return "down", "unknown"
-    return "ok", "circuit_open" if circuit else "ok"
+        return "down", "unknown", None
+    if reach is not None and reach["unreachable"]:
+        return "ok", "unreachable", reach
+    return "ok", "circuit_open" if circuit else "ok", None
 
 
 async def readyz(request: Request) -> JSONResponse:
     """200 ``{"status": "ok"|"degraded", "checks": {"postgres", "redis", "provider"}}``; 503 with ``"status":
-    "down"`` when Postgres or Redis is unreachable (``"postgres": "down"``). An open provider circuit (the
-    provider account is out of credits) is ``degraded``: jobs are accepted and wait, so still 200."""
+    "down"`` when Postgres or Redis is unreachable (``"postgres": "down"``). A provider that the workers cannot
+    reach (``"provider": "unreachable"``, with ``"provider": {"failures", "lastError", "at"}`` under
+    ``details``) or whose circuit is open (out of credits: ``"circuit_open"``) is ``degraded``: jobs are accepted
+    and wait, so still 200."""
     svc = services(request)
-    pg, (rd, provider) = await asyncio.gather(_postgres(svc), _redis(svc))
+    pg, (rd, provider, reach) = await asyncio.gather(_postgres(svc), _redis(svc))
     checks = {"postgres": pg, "redis": rd, "provider": provider}
     if "down" in (pg, rd):
         return JSONResponse({"status": "down", "checks": checks}, 503)
-    return JSONResponse({"status": "degraded" if provider != "ok" else "ok", "checks": checks})
+    body: dict[str, object] = {"status": "degraded" if provider != "ok" else "ok", "checks": checks}
+    if reach is not None:
+        body["details"] = {
+            "provider": {"failures": reach["failures"], "lastError": reach["lastError"], "at": reach["at"]}
+        }
+    return JSONResponse(body)
 
 
 routes = [

@@ -288,6 +288,10 @@ SCHEMAS: dict[str, Schema] = {
             "finishedAt": TIME,
             "result": obj({"urls": {"type": "array", "items": STR}}),
             "error": obj({"code": STR, "message": STR}),
+            "lastError": {
+                "type": "string",
+                "description": "While `queued`: the last create attempt's error (the task waits and is retried).",
+            },
             "breakdown": {"type": "array", "items": ref("BreakdownLine")},
             "progress": {
                 "type": "integer",
@@ -369,7 +373,14 @@ SCHEMAS: dict[str, Schema] = {
         {
             "status": {"enum": ["ok", "degraded", "down"]},
             "checks": {"type": "object", "additionalProperties": STR},
-        }
+        },
+        {
+            "details": obj(
+                {},
+                {"provider": obj({"failures": INT, "lastError": STR, "at": {"type": "number"}})},
+                description="Why a check is not `ok`: the provider's connection failures in a row and the last.",
+            )
+        },
     ),
 }
 

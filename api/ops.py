@@ -32,9 +32,9 @@ from api.auth import require_admin
 from api.parsing import query_value
 from api.scrape import connected_or_none
 from api.services import Services, services
-from shared import metrics, repairs
-from shared.errors import InvalidInput, NotFound
-from shared.ledger import accounts, stats
+from shared import metrics, queue, repairs
+from shared.errors import Forbidden, InvalidInput, NotFound, Unauthenticated
+from shared.ledger import accounts, stats, tasks
 from shared.ledger.audit import Report, audit
 
 T = TypeVar("T")
@@ -45,6 +45,9 @@ AUDIT_MAX_AGE_SECONDS = 15.0
 PAGE_QUERY_TIMEOUT_SECONDS = 5.0
 AUDIT_TIMEOUT_SECONDS = 20.0
 FAILURE_WINDOW_SECONDS = 86_400.0
+HISTORY_STEP_SECONDS = 900.0  # the page's pictures: the last 6 hours in quarter hours
+HISTORY_BUCKETS = 24
+ACCOUNT_RECENT = 10  # jobs and entries shown with a looked-up account
 MAX_REF_LENGTH = 200
 PAGE_HEADERS = {
     # The page may carry the admin token in its URL: keep it out of caches, referrers and frames.
@@ -123,9 +126,17 @@ async def _page_audit(svc: Services, pool: asyncpg.Pool) -> tuple[Report, float]
 
 
 async def admin(request: Request) -> HTMLResponse:
-    """``GET /admin[?token=][&account=]``: the operator's page. Raises Forbidden/Unauthenticated, InvalidInput
-    (an over-long account reference)."""
-    query_token = require_admin(request, query=True)
+    """``GET /admin[?token=][&account=]``: the operator's page. Raises Forbidden/Unauthenticated (a browser, one
+    that accepts text/html, gets an HTML page with a token form instead, same status), InvalidInput (an
+    over-long account reference)."""
+    try:
+        query_token = require_admin(request, query=True)
+    except (Forbidden, Unauthenticated) as e:
+        if "text/html" not in request.headers.get("accept", ""):
+            raise
+        status = 403 if isinstance(e, Forbidden) else 401
+        wrong = request.query_params.get("token") is not None
+        return HTMLResponse(admin_page.login(e.message, status == 403, wrong), status, headers=PAGE_HEADERS)
     svc = services(request)
     ref = request.query_params.get("account", "").strip()
     if len(ref) > MAX_REF_LENGTH:
@@ -140,16 +151,25 @@ async def admin(request: Request) -> HTMLResponse:
         data.errors.update(postgres="not connected", audit="Postgres is not connected")
     else:
         sweep, limit = svc.settings.sweep_seconds, PAGE_QUERY_TIMEOUT_SECONDS
-        by_status, stuck, failures, audited, account, debtors = await asyncio.gather(
-            _part(data, "tasks", lambda: stats.tasks_by_status(pool), limit),
-            _part(data, "stuck", lambda: stats.stuck_tasks(pool, sweep), limit),
-            _part(data, "failures", lambda: stats.recent_failures(pool, FAILURE_WINDOW_SECONDS), limit),
-            _part(data, "audit", lambda: _page_audit(svc, pool), AUDIT_TIMEOUT_SECONDS),
-            _lookup(data, svc, pool, ref),
-            _part(data, "debtors", lambda: stats.debtors(pool), limit),
+        step, buckets = HISTORY_STEP_SECONDS, HISTORY_BUCKETS
+        (by_status, stuck, failures, audited, account, debtors), (samples, history, queue_live) = await asyncio.gather(
+            asyncio.gather(
+                _part(data, "tasks", lambda: stats.tasks_by_status(pool), limit),
+                _part(data, "stuck", lambda: stats.stuck_tasks(pool, sweep), limit),
+                _part(data, "failures", lambda: stats.recent_failures(pool, FAILURE_WINDOW_SECONDS), limit),
+                _part(data, "audit", lambda: _page_audit(svc, pool), AUDIT_TIMEOUT_SECONDS),
+                _lookup(data, svc, pool, ref),
+                _part(data, "debtors", lambda: stats.debtors(pool), limit),
+            ),
+            asyncio.gather(
+                _part(data, "failures", lambda: stats.failure_samples(pool, FAILURE_WINDOW_SECONDS), limit),
+                _part(data, "history", lambda: stats.history(pool, step, buckets), limit),
+                _part(data, "queue", lambda: _queue_live(svc, redis, pool), limit),
+            ),
         )
         data.by_status, data.stuck, data.failures, data.account = by_status, stuck, failures, account
         data.debtors = debtors
+        data.samples, data.history, data.history_step_seconds, data.queue_live = samples, history, step, queue_live
         if audited is not None:
             data.audit, data.audit_at = audited
     return HTMLResponse(admin_page.render(data), headers=PAGE_HEADERS)
@@ -166,7 +186,24 @@ async def _lookup(data: admin_page.PageData, svc: Services, pool: asyncpg.Pool, 
     except Exception as e:
         data.account_error = f"cannot read the account: {type(e).__name__}"
         return None
-    return await account_view(svc, found)
+    view = await account_view(svc, found)
+    try:
+        rows, _ = await tasks.list_for_account(pool, found.id, None, ACCOUNT_RECENT, None)
+        data.account_jobs = [tasks.task_view(r) for r in rows]
+        entries, _ = await accounts.list_entries(pool, found.id, ACCOUNT_RECENT, None)
+        data.account_entries = entries  # already entry views
+    except Exception as e:
+        data.errors["account"] = f"{type(e).__name__}: {e}"
+    return view
+
+
+async def _queue_live(svc: Services, redis: object, pool: asyncpg.Pool) -> tuple[int, int] | None:
+    """(live tasks with a queue entry, queue entries in all), or None without Redis."""
+    if redis is None:
+        return None
+    arq = await svc.arq()
+    ids, entries = await queue.queued_task_ids(arq, svc.settings)
+    return await stats.live_tasks(pool, ids), entries
 
 
 routes = [

@@ -43,15 +43,16 @@ def _x(v: Any) -> str:
 def submit_table(sub: dict[str, Any]) -> str:
     lines = [
         "| accounts | clients | API procs | submits/s | p50 ms | p99 ms | pgbench tx/s | pgbench p50 / p99 ms | ratio "
-        "| non-202 | API CPU µs/req | load gen CPU |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| non-202 | API CPU µs/req | load gen CPU | commits/submit |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for c in sub.get("cells", []):
         lines.append(
             f"| {'1,000 spread' if c['scenario'] == 'spread' else 'one hot'} | {c['clients']} | {c['api_processes']} "
             f"| {_f(c['rps'])} | {_f(c['p50_ms'])} | {_f(c['p99_ms'])} | {_f(c['pgbench_tps'])} "
             f"| {_f(c['pgbench_p50_ms'])} / {_f(c['pgbench_p99_ms'])} | {_x(c['ratio'])} | {c['non_202']} "
-            f"| {_f(c['api_cpu_us_per_request'], 0)} | {_pct(c.get('loadgen_cpu_share'))} |"
+            f"| {_f(c['api_cpu_us_per_request'], 0)} | {_pct(c.get('loadgen_cpu_share'))} "
+            f"| {_f(c.get('commits_per_submit'), 3)} |"
         )
     return "\n".join(lines)
 

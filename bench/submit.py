@@ -41,6 +41,27 @@ class SubmitConfig:
     client: str = "raw"
 
 
+async def _db_now(database_url: str) -> Any:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await conn.fetchval("SELECT now()")
+    finally:
+        await conn.close()
+
+
+async def _commits(database_url: str, since: Any) -> tuple[int, int]:
+    """(tasks inserted since ``since``, distinct transactions that inserted them): rows written by one
+    transaction share its xmin, so the second over the first is the commits per submit."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        r = await conn.fetchrow(
+            "SELECT count(*) AS n, count(DISTINCT xmin::text) AS tx FROM tasks WHERE created_at >= $1", since
+        )
+        return int(r["n"]), int(r["tx"])
+    finally:
+        await conn.close()
+
+
 async def _vacuum(database_url: str) -> None:
     conn = await asyncpg.connect(database_url)
     try:
@@ -70,8 +91,10 @@ def api_cell(
         "warmup": cfg.warmup,
         "client": cfg.client,
     }
+    since = asyncio.run(_db_now(bench.database_url))
     with CpuMeter({"api": [api_pid], "loadgen": gens.pids}) as cpu:
         r = gens.run(cmd, clients)
+    inserted, transactions = asyncio.run(_commits(bench.database_url, since))
     lat = sorted(r["latencies_us"])
     ok = r["statuses"].get("202", 0)
     total = sum(r["statuses"].values())
@@ -86,6 +109,8 @@ def api_cell(
         # The meter also spans the warm-up, so divide by every answer, warm-up included.
         "api_cpu_us_per_request": round(cpu.seconds["api"] / max(1, r["responses"]) * 1e6),
         "cpu_shares": cpu.shares(),
+        # Group commit: how many submits share a commit (1.0: one commit each).
+        "commits_per_submit": round(transactions / inserted, 3) if inserted else None,
     }
     if r["sample_error"]:
         out["sample_error"] = r["sample_error"]
@@ -156,6 +181,9 @@ def summarize(raw: dict[tuple[str, str, int], list[dict[str, Any]]], cfg: Submit
                         "non_202": sum(sum(r["non_202"].values()) for r in reps),
                         "api_cpu_us_per_request": median([r["api_cpu_us_per_request"] for r in reps]),
                         "loadgen_cpu_share": median([r["loadgen_cpu_share"] for r in reps]),
+                        "commits_per_submit": median(
+                            [r["commits_per_submit"] for r in reps if r.get("commits_per_submit") is not None]
+                        ),
                         "repeats": reps,
                         "pgbench_repeats": raw.get(("pgbench", scenario, c), []),
                     }

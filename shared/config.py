@@ -185,9 +185,40 @@ def _parse(var: str, name: str, raw: str) -> object:
 
 
 def _url(var: str, value: str, schemes: tuple[str, ...]) -> None:
+    """Check a URL completely: scheme, host, port (a number in range) and, for Redis, the database number and the
+    query options redis-py accepts; for Postgres a database name. Raises ConfigError naming ``var``."""
+    try:
+        parts = urlsplit(value)
+        port = parts.port  # ValueError when not a number or out of range
+    except ValueError as e:
+        raise ConfigError(f"{var} is not a valid URL ({e}): {_redacted(value)!r}") from None
+    if parts.scheme not in schemes or (parts.scheme != "unix" and not parts.netloc):
+        raise ConfigError(f"{var} must be a {'/'.join(schemes)} URL, got {_redacted(value)!r}")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ConfigError(f"{var} has no host: {_redacted(value)!r}")
+    if port == 0:
+        raise ConfigError(f"{var} has port 0: {_redacted(value)!r}")
+    if parts.scheme in ("redis", "rediss", "unix"):
+        db = parts.path.strip("/") if parts.scheme != "unix" else ""
+        if db and not (db.isdigit() and db.isascii()):
+            raise ConfigError(f"{var} must end in a database number (/0, /1, ...), got /{db}: {_redacted(value)!r}")
+        from redis.connection import parse_url
+
+        try:
+            parse_url(value)  # type: ignore[no-untyped-call]
+        except ValueError as e:
+            raise ConfigError(f"{var}: {e}: {_redacted(value)!r}") from None
+    if parts.scheme in ("postgres", "postgresql") and not parts.path.strip("/"):
+        raise ConfigError(f"{var} names no database (…/creditq): {_redacted(value)!r}")
+
+
+def _redacted(value: str) -> str:
+    """The URL without its password (a one-line error lands in logs)."""
     try:
         parts = urlsplit(value)
     except ValueError:
-        raise ConfigError(f"{var} is not a valid URL: {value!r}") from None
-    if parts.scheme not in schemes or (parts.scheme != "unix" and not parts.netloc):
-        raise ConfigError(f"{var} must be a {'/'.join(schemes)} URL, got {value!r}")
+        return value
+    if parts.password is None:
+        return value
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()

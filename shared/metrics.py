@@ -30,9 +30,9 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
@@ -43,7 +43,7 @@ from redis.asyncio import Redis
 from shared import redis_keys
 from shared.config import Settings
 from shared.ledger import audit, stats
-from shared.ratelimit import ProviderBudget, open_circuit_info
+from shared.provider_budget import ProviderBudget, open_circuit_info
 
 # --- What the API and the workers count -----------------------------------------------------------------------
 
@@ -290,8 +290,20 @@ class OpsState:
     provider_credits: tuple[float, float] | None = None
     budget: dict[str, tuple[int, int]] | None = None
     audit: AuditSummary | None = None
+    provider_reach: dict[str, Any] | None = None  # shared.metrics.provider_reach: None while reachable
     workers: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+
+
+async def _budget_usage(redis: Redis, settings: Settings) -> dict[str, tuple[int, int]]:
+    """Kind → (calls in the current window, limit), summed over every provider key (``KIE_API_KEYS``): what the
+    fleet uses of all its keys' budgets together. Raises redis errors."""
+    total: dict[str, tuple[int, int]] = {}
+    for key in settings.provider_keys:
+        for kind, (used, limit) in (await ProviderBudget(redis, settings, key).usage()).items():
+            was = total.get(kind, (0, 0))
+            total[kind] = (was[0] + used, was[1] + limit)
+    return total
 
 
 async def ops_state(settings: Settings, pool: asyncpg.Pool | None, redis: Redis | None) -> OpsState:
@@ -317,8 +329,9 @@ async def ops_state(settings: Settings, pool: asyncpg.Pool | None, redis: Redis 
                 state.circuit = await open_circuit_info(redis, settings)
                 state.circuit_known = True
                 state.provider_credits = await last_provider_credits(redis, settings)
+                state.provider_reach = await provider_reach(redis, settings)
                 state.audit = await last_audit(redis, settings)
-                state.budget = await ProviderBudget(redis, settings).usage()
+                state.budget = await _budget_usage(redis, settings)
                 state.workers = await read_snapshots(redis, settings)
         except Exception as e:
             state.errors["redis"] = f"{type(e).__name__}: {e}"
@@ -389,6 +402,14 @@ def state_families(state: OpsState) -> list[Metric]:
         m = _gauge("creditq_provider_circuit_open", "1 while submitting is stopped: the provider is out of credits.")
         m.add_sample("creditq_provider_circuit_open", {}, 0.0 if state.circuit is None else 1.0)
         out.append(m)
+    if state.circuit_known:
+        m = _gauge(
+            "creditq_provider_unreachable",
+            "1 after PROVIDER_UNREACHABLE_AFTER connection failures in a row to the provider, 0 once it answers.",
+        )
+        reach = state.provider_reach
+        m.add_sample("creditq_provider_unreachable", {}, 1.0 if reach and reach["unreachable"] else 0.0)
+        out.append(m)
     if state.provider_credits is not None:
         credits, at = state.provider_credits
         m = _gauge("creditq_provider_credits", "The provider account's credit balance, as last polled.")
@@ -451,6 +472,58 @@ async def last_provider_credits(redis: Redis, settings: Settings) -> tuple[float
         return float(value["credits"]), float(value["at"])
     except (ValueError, KeyError, TypeError):
         return None
+
+
+# --- The provider's reachability, as the workers see it ------------------------------------------------------
+
+# This many connection failures in a row (creates, balance polls, the start probe; any worker) and the provider is
+# reported ``unreachable`` by /readyz and the operator's page; any answer from it starts the count again.
+PROVIDER_UNREACHABLE_AFTER = 3
+PROVIDER_REACH_TTL_SECONDS = 86_400
+
+
+def provider_reach_key(settings: Settings) -> str:
+    """The Redis hash of the provider's reachability: ``failures`` (connection failures in a row), ``lastError``,
+    ``at`` (unix time of the last failure)."""
+    return redis_keys.provider_reach(settings.queue_name)
+
+
+async def record_provider_unreached(redis: Redis, settings: Settings, error: str) -> int:
+    """Count one more connection failure in a row; returns the count. Raises redis errors."""
+    key = provider_reach_key(settings)
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hincrby(key, "failures", 1)
+        pipe.hset(key, mapping={"lastError": error[:500], "at": str(time.time())})
+        pipe.expire(key, PROVIDER_REACH_TTL_SECONDS)
+        failures, _, _ = await pipe.execute()
+    return int(failures)
+
+
+async def record_provider_reached(redis: Redis, settings: Settings) -> None:
+    """The provider answered (whatever it said): the count starts again. Idempotent. Raises redis errors."""
+    await redis.delete(provider_reach_key(settings))
+
+
+async def provider_reach(redis: Redis, settings: Settings) -> dict[str, Any] | None:
+    """``{"failures": int, "lastError": str, "at": float, "unreachable": bool}``, or None while the last contact
+    succeeded. Raises redis errors."""
+    raw = await cast(Awaitable[dict[Any, Any]], redis.hgetall(provider_reach_key(settings)))
+    if not raw:
+        return None
+    value = {
+        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in raw.items()
+    }
+    try:
+        failures = int(value.get("failures", 0))
+        at = float(value.get("at", 0))
+    except ValueError:
+        return None
+    return {
+        "failures": failures,
+        "lastError": value.get("lastError", ""),
+        "at": at,
+        "unreachable": failures >= PROVIDER_UNREACHABLE_AFTER,
+    }
 
 
 # --- The last audit, as a worker (or the API) last ran it ----------------------------------------------------------

@@ -31,7 +31,8 @@ What creditq acts on (docs/API.md, "Payment events", says the same for users):
   ``free`` at once. ``customer.subscription.updated`` with a ``tier`` in its metadata → ``subscription_changed``.
 - ``charge.refunded`` (cumulative ``amount_refunded``) and ``refund.created`` (one refund, by id) → ``refund``
   of the purchase with that ``payment_intent``; ``charge.dispute.created`` → ``dispute``;
-  ``charge.dispute.closed`` → ``dispute_closed`` (``won`` gives back).
+  ``charge.dispute.closed`` ``won`` (or an inquiry's ``warning_closed``) → ``dispute_closed`` (gives back); lost →
+  ``dispute`` (a close delivered before its opening still takes back, once per dispute id).
 
 An event is creditq's when it names an account (``metadata.accountId`` / ``metadata.externalId``, or a
 checkout's ``client_reference_id``) or carries creditq metadata (``credits``, ``tier``); refunds and disputes are
@@ -432,6 +433,21 @@ def _takeback(event_type: str, obj: Mapping[str, Any]) -> Intent:
             money=_whole(obj.get("amount")),
             reason=f"dispute {object_id} ({_text(obj.get('reason')) or 'no reason given'})",
         )
+    status = _text(obj.get("status"))
+    if status not in ("won", "warning_closed"):
+        # Lost: the money is gone. Applied as the dispute itself, so that a close delivered before its
+        # charge.dispute.created still takes the credits back (once per dispute id: if the dispute was seen
+        # opened, this changes nothing).
+        return Intent(
+            "dispute",
+            account_id,
+            external_id,
+            ref=payment_intent,
+            ref2=object_id,
+            money=_whole(obj.get("amount")),
+            reason=f"dispute {object_id} closed {status or '?'}",
+        )
+    # An inquiry closed without a chargeback (warning_closed) took no money either: it gives back as a win does.
     return Intent(
         "dispute_closed",
         account_id,
@@ -439,6 +455,6 @@ def _takeback(event_type: str, obj: Mapping[str, Any]) -> Intent:
         ref=payment_intent,
         ref2=object_id,
         money=_whole(obj.get("amount")),
-        dispute_status=_text(obj.get("status")),
-        reason=f"dispute {object_id} won",
+        dispute_status="won",
+        reason=f"dispute {object_id} {status}: credits given back",
     )

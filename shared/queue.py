@@ -148,12 +148,37 @@ async def poke(arq: ArqRedis, settings: Settings, task_id: str) -> bool:
 DELIVER_FUNCTION = "deliver"
 
 
-async def enqueue_delivery(arq: ArqRedis, settings: Settings, webhook_id: str, now: bool = False) -> bool:
+async def enqueue_delivery(
+    arq: ArqRedis, settings: Settings, webhook_id: str, now: bool = False, swept_at_attempt: int | None = None
+) -> bool:
     """Ask a worker to attempt a client webhook delivery. Returns False if its job is already queued (a no-op).
     ``now``: a client's retry, under a job id of its own so that it is not swallowed by a job deferred for hours
-    (the deferred one then finds nothing due and ends). Raises redis errors; a lost hint is found again by the
+    (the deferred one then finds nothing due and ends). ``swept_at_attempt``: the delivery sweep's hint for a
+    delivery found overdue after that many attempts, under a job id of its own too, so that a job left "in
+    progress" by a killed worker (which arq would run again only after its lease) does not block it; one per
+    attempt count however often the sweep finds it. Raises redis errors; a lost hint is found again by the
     delivery sweep in Postgres."""
-    at = datetime.now(UTC).timestamp()
-    job_id = redis_keys.delivery_now_job_id(webhook_id, at) if now else redis_keys.delivery_job_id(webhook_id)
+    if now:
+        job_id = redis_keys.delivery_now_job_id(webhook_id, datetime.now(UTC).timestamp())
+    elif swept_at_attempt is not None:
+        job_id = redis_keys.delivery_sweep_job_id(webhook_id, swept_at_attempt)
+    else:
+        job_id = redis_keys.delivery_job_id(webhook_id)
     job = await arq.enqueue_job(DELIVER_FUNCTION, webhook_id, _job_id=job_id, _queue_name=settings.queue_name)
     return job is not None
+
+
+async def queued_task_ids(arq: ArqRedis, settings: Settings, limit: int = 10_000) -> tuple[list[str], int]:
+    """The task ids of the first ``limit`` queue entries (step and poke jobs, due or deferred), deduplicated, and
+    the number of entries in all. A finished task's deferred wake-up stays queued until it is due (its step then
+    finds the task ended), so the entries over-count live work: the caller checks the ids against Postgres.
+    Raises redis errors."""
+    total = int(await arq.zcard(settings.queue_name))
+    raw = await arq.zrange(settings.queue_name, 0, limit - 1)
+    ids: set[str] = set()
+    for member in raw:
+        job = member.decode() if isinstance(member, bytes) else str(member)
+        parts = job.split(":")  # task:<taskId>, poke:<taskId> or poke:<taskId>:<ms>
+        if parts[0] in ("task", "poke") and len(parts) > 1 and parts[1]:
+            ids.add(parts[1])
+    return sorted(ids), total

@@ -35,6 +35,11 @@ def delivery_job_id(webhook_id: str) -> str:
     return f"delivery:{webhook_id}"
 
 
+def delivery_sweep_job_id(webhook_id: str, attempts: int) -> str:
+    """The delivery sweep's job for a delivery found overdue after ``attempts`` attempts."""
+    return f"{delivery_job_id(webhook_id)}:sweep:{attempts}"
+
+
 def delivery_now_job_id(webhook_id: str, at: float) -> str:
     """A client's retry of a delivery, now (``at``: unix time), apart from a job deferred for hours."""
     return f"{delivery_job_id(webhook_id)}:now:{at}"
@@ -76,7 +81,7 @@ def limits_cooldown(queue_name: str, account_id: str, kind: str) -> str:
     return f"{queue_name}:limits:cooldown:{account_id}:{kind}"
 
 
-# --- the provider's budget and circuits (shared/ratelimit.py); ``key_id``: a provider key's public name ------
+# --- the provider's budget and circuits (shared/provider_budget.py); ``key_id``: a provider key's public name
 
 
 def budget(queue_name: str, key_id: str, kind: str) -> str:
@@ -107,6 +112,12 @@ def provider_credits(queue_name: str) -> str:
     return f"{queue_name}:provider:credits"
 
 
+def provider_reach(queue_name: str) -> str:
+    """HASH ``failures`` (connection failures to the provider in a row, any worker), ``lastError``, ``at`` (unix
+    time of the last failure); deleted when the provider answers (worker/health.py)."""
+    return f"{queue_name}:provider:reach"
+
+
 def audit_last(queue_name: str) -> str:
     """STRING (JSON): the last audit's summary."""
     return f"{queue_name}:audit:last"
@@ -126,12 +137,12 @@ def credit_poll_lock(queue_name: str) -> str:
 
 
 def audit_lock(queue_name: str) -> str:
-    """The periodic audit (worker/observe.py)."""
+    """The periodic audit (worker/reporting.py)."""
     return f"{queue_name}:auditrun"
 
 
 def credit_balance_lock(queue_name: str) -> str:
-    """The periodic poll of the provider's balance (worker/observe.py)."""
+    """The periodic poll of the provider's balance (worker/reporting.py)."""
     return f"{queue_name}:creditbalance"
 
 

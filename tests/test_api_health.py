@@ -12,7 +12,7 @@ import httpx
 import redis.asyncio as aioredis
 
 from shared.config import Settings
-from shared.ratelimit import circuit_key
+from shared.provider_budget import circuit_key
 from tests.apiserver import Api, bearer, error_of, free_port, serve
 from tests.conftest import MakeAccount
 

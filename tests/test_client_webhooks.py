@@ -346,6 +346,23 @@ async def test_a_name_whose_resolution_changes_is_resolved_and_pinned_at_each_de
         assert len(one.got) == 1 and len(two.got) == 1
 
 
+async def test_a_redirect_is_not_followed(
+    runtime: Runtime, pool: asyncpg.Pool, settings: Settings, make_account: MakeAccount
+) -> None:
+    acct, _ = await make_account(credits=10)
+    rt = dataclasses.replace(runtime)
+    rt.settings = dataclasses.replace(rt.settings, allow_private_callbacks=True)
+    async with receiver() as elsewhere, receiver(script=[302]) as hook:
+        hook.location = elsewhere.url
+        _, webhook_id = await _ended_with_callback(pool, settings, acct.id, hook.url)
+        outcome, again_in = await deliveries.attempt(rt, webhook_id)
+        assert outcome == "pending" and again_in is not None  # a failed attempt, retried on the schedule
+        d = await outbox.get(pool, webhook_id)
+        assert d is not None and d["last_status_code"] == 302
+        assert d["last_error"] == "HTTP 302 (redirects are not followed)"
+        assert len(hook.got) == 1 and elsewhere.got == []
+
+
 async def test_public_at_submit_then_private_at_delivery_is_refused() -> None:
     hosts = Hosts({"rebind.example.test": "93.184.216.34"})
     url = "https://rebind.example.test/hook"

@@ -23,11 +23,11 @@ from shared.config import Settings
 from shared.ledger import tasks
 from shared.pricing import Model, load
 from shared.provider import ProviderClient, note_provider_task
-from shared.ratelimit import key_id
+from shared.provider_budget import key_id
 from tests.apiserver import free_port
 from tests.conftest import MakeAccount, Processes
 from tests.test_worker import account_state, arq_redis, clean_audit, entries, sim_stats, wait_terminal
-from worker import jobs
+from worker import step
 from worker.runtime import Runtime, close_runtime, open_runtime
 
 __all__ = ["arq_redis"]  # the fixture, imported for this module's tests
@@ -80,7 +80,7 @@ def _against(rt: Runtime, sim_url: str, **changes: Any) -> Runtime:
 async def _step(rt: Runtime, task_id: str, poked: bool = False) -> str | float:
     """One step as arq would run it: the end status, or the seconds it asked to be deferred by."""
     try:
-        return await jobs.step({"rt": rt, "job_try": 1}, task_id, poked)
+        return await step.step({"rt": rt, "job_try": 1}, task_id, poked)
     except Retry as e:
         return (e.defer_score or 0) / 1000
 
@@ -394,18 +394,22 @@ async def test_one_key_refused_does_not_stop_the_others(
         for k in rt.keys.keys:
             await k.circuit.close()
         acct, _ = await make_account(credits=100, tier="pro")
-        ids = [
-            await _submit(pool, None, settings, acct.id, IMAGE, {"prompt": f"t{i} [sim:seconds=1]"}) for i in range(4)
-        ]
-        ends = await asyncio.gather(*(_drive(rt, t) for t in ids))
-        assert list(ends) == ["succeeded"] * 4
         bad, good = rt.keys.keys
+        # Creates start from a random key: one task at a time until one of them has met the bad key (each has
+        # even odds; 20 tries all missing it would be one chance in a million).
+        ids: list[str] = []
+        while not await bad.circuit.is_open():
+            assert len(ids) < 20, "no create ever went to the bad key"
+            ids.append(await _submit(pool, None, settings, acct.id, IMAGE, {"prompt": f"t{len(ids)} [sim:seconds=1]"}))
+            await _step(rt, ids[-1])
+        ends = await asyncio.gather(*(_drive(rt, t) for t in ids))
+        assert list(ends) == ["succeeded"] * len(ids)
         info = await bad.circuit.info()
         assert info is not None and info["reason"] == "provider_unauthorized"
         assert not await good.circuit.is_open()
         rows = await pool.fetch("SELECT provider_key, charged FROM tasks WHERE id = ANY($1)", ids)
         assert {r["provider_key"] for r in rows} == {good.id} and all(r["charged"] == 4 for r in rows)
-        assert await account_state(pool, acct.id) == (84, 0)
+        assert await account_state(pool, acct.id) == (100 - 4 * len(ids), 0)
         for k in rt.keys.keys:
             await k.circuit.close()
         await clean_audit(pool, [acct.id])
@@ -499,3 +503,28 @@ def test_families_are_found_and_the_price_list_names_only_those(settings: Settin
             m, {"prompt": "p", "model": "evil", "callBackUrl": "https://evil/cb"}, None
         )
         assert req.body["model"] == m.provider_model and "evil" not in json.dumps(req.body)
+
+
+async def test_open_circuits_name_the_key(settings: Settings, redis: Any) -> None:
+    """With several keys, /metrics and the admin page say which key's circuit is open, and how many are."""
+    from api.admin_page import PageData, _provider
+    from shared.metrics import OpsState
+    from shared.provider_budget import Circuit, open_circuit_info
+
+    two = dataclasses.replace(settings, kie_api_keys=("k-one", "k-two"), queue_name=f"{settings.queue_name}:circ")
+    second = Circuit(redis, two, "k-two")
+    assert await open_circuit_info(redis, two) is None
+    await second.open("provider_usage_cap", 30)
+    try:
+        info = await open_circuit_info(redis, two)
+        assert info is not None
+        assert (info["reason"], info["providerKey"], info["openKeys"], info["keys"]) == (
+            "provider_usage_cap",
+            key_id(two, "k-two"),
+            1,
+            2,
+        )
+        html = _provider(PageData(state=OpsState(circuit_known=True, circuit=info)))
+        assert f"provider_usage_cap (key {key_id(two, 'k-two')}, 1 of 2 keys)" in html
+    finally:
+        await second.close()

@@ -227,6 +227,12 @@ class LedgerMachine(RuleBasedStateMachine):
         self.hold(i, amount)
         self.expire()
 
+    @rule(i=st.integers(0, ACCOUNTS - 1), amount=amounts, j=st.integers(0, ACCOUNTS - 1), moved=amounts)
+    def hold_then_transfer(self, i: int, amount: int, j: int, moved: int) -> None:
+        """A hold and at once a transfer from the same account: the transfer must spend past the held credits."""
+        self.hold(i, amount)
+        self.transfer(i, j, moved, None)
+
     @rule(i=st.integers(0, ACCOUNTS - 1), amount=st.integers(1, 60))
     def take_back(self, i: int, amount: int) -> None:
         """A refund or dispute: may take more than is left, leaving a debt (available < 0)."""

@@ -107,6 +107,11 @@ class TestSpending:
             (LATER, 5),
             (None, 10),
         ]
+        url = f"/v1/admin/accounts/{account.id}/lots"
+        assert [i["remaining"] for i in (await api.client.get(url, headers=ADMIN)).json()["items"]] == [5, 10]
+        every = (await api.client.get(url, params={"all": "true"}, headers=ADMIN)).json()["items"]
+        assert [i["remaining"] for i in every] == [0, 5, 10]
+        error_of(await api.client.get(url, params={"all": "yes"}, headers=ADMIN), 422, "validation_error")
         await assert_clean(pool, account.id)
 
     async def test_transfer_carries_expiry_and_spares_the_held_credits(

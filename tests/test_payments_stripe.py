@@ -574,3 +574,58 @@ class TestDismiss:
         stored = await event_row(pool, evt["id"])
         assert (stored["status"], stored["dismissed_reason"]) == ("dismissed", "test customer, never paid")
         assert (await payments.get_event(pool, evt["id"])).view()["dismissedReason"] == "test customer, never paid"
+
+
+class TestOutOfOrder:
+    async def test_a_refund_before_its_purchase_waits_then_applies(
+        self, api: Api, pool: asyncpg.Pool, make_account: MakeAccount, pricing: Pricing
+    ) -> None:
+        account, _ = await make_account()
+        session = se.checkout_session(metadata={"accountId": account.id, "credits": "100"})
+        pi = session["payment_intent"]
+        # The charge carries payment_intent_data.metadata, so the early refund is known to be ours.
+        early = se.event(
+            "charge.refunded", se.charge(payment_intent=pi, amount_refunded=2000, metadata={"accountId": account.id})
+        )
+        error_of(await deliver(api, early), 422, "event_not_applied")
+        assert (await deliver(api, se.event("checkout.session.completed", session))).status_code == 200
+        r = await deliver(api, early)  # Stripe's retry
+        assert (r.status_code, r.json()["applied"], r.json()["credited"]) == (200, True, -100)
+        assert (await row(pool, account.id))["balance"] == 0
+        await assert_clean(pool, account.id)
+
+    async def test_a_lost_close_before_its_opening_takes_back_once(
+        self, api: Api, pool: asyncpg.Pool, make_account: MakeAccount
+    ) -> None:
+        account, _ = await make_account()
+        pi = await buy(api, account.id)
+        opened = se.dispute(payment_intent=pi, amount=2000)
+        assert (await deliver(api, se.event("charge.dispute.closed", {**opened, "status": "lost"}))).status_code == 200
+        assert (await deliver(api, se.event("charge.dispute.created", opened))).status_code == 200
+        assert [e["amount"] for e in await entries(pool, account.id, "dispute")] == [-100]
+        assert (await row(pool, account.id))["status"] == "suspended"
+        await assert_clean(pool, account.id)
+
+    async def test_a_won_close_before_its_opening_moves_nothing(
+        self, api: Api, pool: asyncpg.Pool, make_account: MakeAccount
+    ) -> None:
+        account, _ = await make_account()
+        pi = await buy(api, account.id)
+        opened = se.dispute(payment_intent=pi, amount=2000)
+        assert (await deliver(api, se.event("charge.dispute.closed", {**opened, "status": "won"}))).status_code == 200
+        assert (await deliver(api, se.event("charge.dispute.created", opened))).status_code == 200
+        assert await entries(pool, account.id, "dispute") == []
+        assert await entries(pool, account.id, "dispute_reversal") == []
+        assert (await row(pool, account.id))["balance"] == 100
+
+    async def test_an_inquiry_closed_without_chargeback_gives_back(
+        self, api: Api, pool: asyncpg.Pool, make_account: MakeAccount
+    ) -> None:
+        account, _ = await make_account()
+        pi = await buy(api, account.id)
+        inquiry = se.dispute(payment_intent=pi, amount=2000, status="warning_needs_response")
+        assert (await deliver(api, se.event("charge.dispute.created", inquiry))).status_code == 200
+        closed = {**inquiry, "status": "warning_closed"}
+        assert (await deliver(api, se.event("charge.dispute.closed", closed))).status_code == 200
+        assert (await row(pool, account.id))["balance"] == 100
+        await assert_clean(pool, account.id)

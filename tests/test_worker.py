@@ -27,10 +27,10 @@ from shared.config import Settings
 from shared.ledger import audit, tasks
 from shared.ledger import webhooks as outbox
 from shared.pricing import Model, load
-from shared.ratelimit import Circuit
+from shared.provider_budget import Circuit
 from tests.apiserver import free_port
 from tests.conftest import MakeAccount, Processes
-from worker import deliveries, jobs, schedule, sweeper
+from worker import deliveries, schedule, step, sweeper
 from worker.runtime import Runtime, close_runtime, open_runtime
 
 IMAGE = "google/nano-banana"  # cost 4
@@ -190,7 +190,7 @@ async def runtime(settings: Settings, arq_redis: ArqRedis, pool: asyncpg.Pool) -
 async def _run_step(rt: Runtime, task_id: str, poked: bool = False) -> str | float:
     """One step as arq would run it: the end status, or the seconds it asked to be deferred by."""
     try:
-        return await jobs.step({"rt": rt, "job_try": 1}, task_id, poked)
+        return await step.step({"rt": rt, "job_try": 1}, task_id, poked)
     except Retry as e:
         return (e.defer_score or 0) / 1000
 
@@ -511,7 +511,7 @@ async def test_sweep_and_retried_last_look_capture_a_success(
     await pool.execute("UPDATE tasks SET deadline_at = now() - interval '0.1 second' WHERE id = $1", flaky)
     again = await _run_step(rt, flaky)
     assert isinstance(again, float)
-    assert 0 < again <= jobs.last_look_grace(rt.settings.sweep_seconds)
+    assert 0 < again <= step.last_look_grace(rt.settings.sweep_seconds)
     assert (await tasks.get(pool, flaky))["status"] == "running"
     assert await _run_step(rt, flaky) == "succeeded"
     # `late` is past the grace when the sweep reaches it: its look meets the 500, one more look at once gets through.
@@ -594,8 +594,15 @@ async def test_postgres_down_retries_and_keeps_the_task(
         ("DATABASE_URL", "postgresql://postgres@127.0.0.1:1/x", "DATABASE_URL"),
     ],
 )
-def test_unreachable_at_start_is_one_line(procs: Processes, var: str, value: str, says: str) -> None:
+def test_unreachable_at_start_waits_one_line_per_attempt(procs: Processes, var: str, value: str, says: str) -> None:
+    """README: workers retry. A worker started while Redis or Postgres is down waits with backoff, logging one
+    line per attempt that names the variable, instead of exiting (tests/test_startup.py sees it resume)."""
     w = procs.worker(env={var: value})
-    assert w.popen.wait(20) == 2
-    out = w.output().strip().splitlines()
-    assert len(out) == 1 and out[0].startswith("creditq: error:") and says in out[0], out
+    deadline = time.monotonic() + 15
+    while w.output().count('"worker.waiting"') < 2:
+        assert w.popen.poll() is None, w.output()
+        assert time.monotonic() < deadline, w.output()
+        time.sleep(0.2)
+    waits = [json.loads(x) for x in w.output().splitlines() if '"worker.waiting"' in x]
+    assert all(says in x["error"] for x in waits), waits
+    assert "Traceback" not in w.output()

@@ -26,6 +26,7 @@ class Receiver:
     port: int
     script: list[int] = field(default_factory=list)  # answers in order; then `default`
     default: int = 200
+    location: str | None = None  # sent with a 3xx answer
     got: list[Received] = field(default_factory=list)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -57,7 +58,8 @@ class Receiver:
             status = self.script.pop(0) if self.script else self.default
             if status == HANG:
                 await asyncio.sleep(3600)
-            writer.write(f"HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode())
+            extra = f"Location: {self.location}\r\n" if self.location and 300 <= status < 400 else ""
+            writer.write(f"HTTP/1.1 {status} X\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n".encode())
             await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             pass

@@ -25,6 +25,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import structlog
 from arq import Retry
 from redis.exceptions import RedisError
@@ -79,7 +80,7 @@ async def attempt(rt: Runtime, webhook_id: str) -> tuple[str, float | None]:
     return await _send(rt, claimed)
 
 
-async def _send(rt: Runtime, d: Any) -> tuple[str, float | None]:
+async def _send(rt: Runtime, d: asyncpg.Record) -> tuple[str, float | None]:
     dlog = log.bind(webhook_id=d["id"], task_id=d["task_id"], attempt=d["attempts"])
     try:
         task = await tasks.get(rt.pool, d["task_id"])
@@ -128,11 +129,13 @@ async def _send(rt: Runtime, d: Any) -> tuple[str, float | None]:
 
 
 async def sweep(rt: Runtime) -> int:
-    """Re-enqueue every pending delivery overdue by more than the sweep interval whose job may be lost. Returns
-    how many were enqueued (a no-op for one whose job is still queued). Raises Unavailable, redis errors."""
+    """Re-enqueue every pending delivery overdue by more than the sweep interval and held by no attempt: its job
+    may be lost (a flushed Redis) or stuck "in progress" with a killed worker. Returns how many were enqueued (a
+    no-op for one already swept at its attempt count). A second job for a delivery is harmless: attempts are
+    claimed in Postgres, and a job that finds nothing due ends. Raises Unavailable, redis errors."""
     enqueued = 0
-    for webhook_id in await outbox.overdue(rt.pool, rt.settings.sweep_seconds):
-        if await queue.enqueue_delivery(rt.redis, rt.settings, webhook_id):
+    for webhook_id, attempts in await outbox.overdue(rt.pool, rt.settings.sweep_seconds):
+        if await queue.enqueue_delivery(rt.redis, rt.settings, webhook_id, swept_at_attempt=attempts):
             enqueued += 1
     if enqueued:
         log.info("delivery.sweep", requeued=enqueued)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import structlog
 from arq.worker import Worker, get_kwargs
@@ -13,9 +14,35 @@ from redis.exceptions import RedisError
 
 from shared import db, queue
 from shared.config import Settings
+from shared.errors import Unavailable
 from worker.settings import make
 
 log = structlog.get_logger("creditq.worker")
+
+T = TypeVar("T")
+
+# A worker started before Postgres or Redis (a reboot, `docker compose up`) waits for them: 1 s, 2 s, 4 s ... 30 s.
+START_BACKOFF_FIRST = 1.0
+START_BACKOFF_CAP = 30.0
+
+
+async def wait_for(what: str, connect: Callable[[], Awaitable[T]], first: float = START_BACKOFF_FIRST) -> T:
+    """``connect()`` until it succeeds, sleeping with exponential backoff (jittered, capped at
+    :data:`START_BACKOFF_CAP`) after each Unavailable and logging one warning line per failed attempt. Other
+    errors (a database that does not exist is Unavailable too, but says so) propagate at once: they are not
+    outages. Runs until it succeeds or the process is stopped."""
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return await connect()
+        except Unavailable as e:
+            if "does not exist" in e.message:
+                raise
+            delay = min(START_BACKOFF_CAP, first * 2 ** (attempt - 1)) * random.uniform(0.9, 1.1)
+            log.warning("worker.waiting", waiting_for=what, attempt=attempt, retry_in=round(delay, 1), error=e.message)
+            await asyncio.sleep(delay)
+
 
 REDIS_RETRY = (1.0, 3.0)  # seconds between two looks at Redis while it is unreachable
 
@@ -57,8 +84,8 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 def run(settings: Settings) -> int:
     """Run a worker in this process until a signal; returns the exit status (0 after a clean stop).
 
-    Postgres and Redis are reached before any job is taken: either unreachable raises Unavailable with a
-    one-line message (the CLI prints it). Logging must already be configured.
+    Postgres and Redis are reached before any job is taken; while either is unreachable the worker waits and
+    retries with backoff (:func:`wait_for`, one log line per attempt). Logging must already be configured.
     """
     if logging.getLogger().level > logging.DEBUG:
         # arq's two lines per step would drown the task lines; its warnings and errors still show.
@@ -66,9 +93,9 @@ def run(settings: Settings) -> int:
     loop = _new_loop()
     asyncio.set_event_loop(loop)
     try:
-        redis = loop.run_until_complete(queue.connect(settings))
+        redis = loop.run_until_complete(wait_for("redis", lambda: queue.connect(settings)))
         try:
-            pool = loop.run_until_complete(db.create_pool(settings))
+            pool = loop.run_until_complete(wait_for("postgres", lambda: db.create_pool(settings)))
         except BaseException:
             loop.run_until_complete(redis.aclose())
             raise
@@ -87,3 +114,36 @@ def run(settings: Settings) -> int:
         asyncio.set_event_loop(None)
         loop.close()
     return 0
+
+
+HEALTHY_WITHIN_SECONDS = 30.0
+
+
+def check(settings: Settings, within: float = HEALTHY_WITHIN_SECONDS) -> int:
+    """``creditq worker --check``: 0 when a worker on this host (``<hostname>:<pid>`` in the metrics set) pushed
+    its snapshot to Redis within ``within`` seconds (the push runs every few seconds while its event loop
+    turns), else 1 with one line saying why. For a container's healthcheck. Reads only."""
+    import socket
+    import time
+
+    from shared import metrics
+
+    async def probe() -> int:
+        try:
+            redis = await queue.connect(settings)
+        except Unavailable as e:
+            print(f"unhealthy: {e.message}")
+            return 1
+        try:
+            ids = await redis.zrangebyscore(metrics.workers_key(settings), time.time() - within, "+inf")
+        finally:
+            await redis.aclose()
+        host = socket.gethostname() + ":"
+        mine = [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+        if any(i.startswith(host) for i in mine):
+            print("healthy")
+            return 0
+        print(f"unhealthy: no worker on {host[:-1]} reported within {within:.0f} s")
+        return 1
+
+    return asyncio.run(probe())

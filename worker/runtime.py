@@ -16,7 +16,7 @@ from arq.connections import ArqRedis
 from shared import callback_urls, db, pricing, webhooks
 from shared.config import Settings
 from shared.provider import ProviderClient, new_http_client
-from shared.ratelimit import Circuit, KeyRing, ProviderBudget
+from shared.provider_budget import Circuit, KeyRing, ProviderBudget
 
 
 @dataclass(eq=False)

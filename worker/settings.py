@@ -19,7 +19,7 @@ from arq.worker import func
 
 from shared import queue, redis_keys
 from shared.config import Settings
-from worker import deliveries, jobs, observe, sweeper
+from worker import deliveries, health, reporting, step, sweeper
 from worker.runtime import close_runtime, open_runtime
 
 log = structlog.get_logger("creditq.worker")
@@ -30,7 +30,7 @@ JOB_TIMEOUT_SLACK = 3.0  # arq's timeout beyond the step's own budget: the step 
 
 def job_timeout(settings: Settings) -> float:
     """arq's timeout for one step."""
-    return jobs.step_budget(settings.kie_timeout) + JOB_TIMEOUT_SLACK
+    return step.step_budget(settings.kie_timeout) + JOB_TIMEOUT_SLACK
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -41,9 +41,10 @@ async def startup(ctx: dict[str, Any]) -> None:
     rt.background.append(asyncio.create_task(deliveries.sweep_loop(rt), name="creditq-delivery-sweep"))
     rt.background.append(asyncio.create_task(sweeper.credit_poll_loop(rt), name="creditq-credit-poll"))
     rt.background.append(asyncio.create_task(sweeper.running_count_loop(rt), name="creditq-running-count"))
-    rt.background.append(asyncio.create_task(observe.metrics_push_loop(rt), name="creditq-metrics"))
-    rt.background.append(asyncio.create_task(observe.provider_credit_loop(rt), name="creditq-credit-balance"))
-    rt.background.append(asyncio.create_task(observe.audit_loop(rt), name="creditq-audit"))
+    rt.background.append(asyncio.create_task(reporting.metrics_push_loop(rt), name="creditq-metrics"))
+    rt.background.append(asyncio.create_task(reporting.provider_credit_loop(rt), name="creditq-credit-balance"))
+    rt.background.append(asyncio.create_task(reporting.audit_loop(rt), name="creditq-audit"))
+    rt.background.append(asyncio.create_task(health.startup_probe(rt), name="creditq-provider-probe"))
     ctx["rt"] = rt
     log.info(
         "worker.started",
@@ -70,7 +71,7 @@ def make(settings: Settings) -> type:
         """arq reads these attributes (``arq.worker.create_worker``)."""
 
         functions = (
-            func(jobs.step, name=queue.STEP_FUNCTION, max_tries=MAX_TRIES, timeout=timeout, keep_result=0),
+            func(step.step, name=queue.STEP_FUNCTION, max_tries=MAX_TRIES, timeout=timeout, keep_result=0),
             func(
                 deliveries.deliver,
                 name=queue.DELIVER_FUNCTION,

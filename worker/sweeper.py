@@ -21,7 +21,7 @@ from arq import Retry
 
 from shared import metrics, queue, redis_keys
 from shared.ledger import money, tasks
-from worker import interval_lock, jobs, observe
+from worker import interval_lock, reporting, step
 from worker.runtime import Runtime
 
 log = structlog.get_logger("creditq.worker")
@@ -37,7 +37,10 @@ async def sweep(rt: Runtime) -> tuple[int, int]:
     Idempotent (an expired lot is expired once; enqueue is a no-op for an existing job; settlement is exactly
     once). Raises Unavailable or redis errors; the loop logs them and tries again next interval.
     """
-    await expire_lots(rt)
+    try:
+        await expire_lots(rt)
+    except Exception as e:  # the tasks' recovery below must not wait for the lots' expiry
+        log.warning("sweep.expire_failed", error=f"{type(e).__name__}: {e}")
     requeued = expired = 0
     for row in await tasks.overdue(rt.pool, rt.settings.sweep_seconds):
         if row["expired"]:
@@ -47,7 +50,7 @@ async def sweep(rt: Runtime) -> tuple[int, int]:
             try:
                 # The same ending as the task's own step, last look included: the sweep may reach a task whose
                 # callback was lost before its step does, and must not refund a generation that succeeded.
-                if await jobs.end_overdue(rt, task, may_wait=True) == "failed":
+                if await step.end_overdue(rt, task, may_wait=True) == "failed":
                     expired += 1
             except Retry:
                 pass  # the provider could not say yet: the task's step (or the next sweep) ends it
@@ -99,7 +102,7 @@ async def credit_poll_loop(rt: Runtime) -> None:
     """While a provider key's circuit is open for lack of credits, one worker at a time polls that key's
     balance every few seconds and closes its circuit once there are credits. Circuits opened for a bad key
     (401) or a usage cap (433) are left to their cool-down: the next create probes them. Runs until cancelled.
-    (The balance shown on /metrics is polled, circuit or not, by :func:`worker.observe.provider_credit_loop`.)"""
+    (The balance shown on /metrics is polled, circuit or not, by :func:`worker.reporting.provider_credit_loop`.)"""
     lock = redis_keys.credit_poll_lock(rt.settings.queue_name)
     while True:
         await asyncio.sleep(CREDIT_POLL_SECONDS * random.uniform(0.8, 1.2))
@@ -115,7 +118,7 @@ async def credit_poll_loop(rt: Runtime) -> None:
                 continue
             for key in open_keys:
                 if key is rt.keys.first:
-                    credits = await observe.poll_credit_balance(rt)  # also recorded for /metrics
+                    credits = await reporting.poll_credit_balance(rt)  # also recorded for /metrics
                 else:
                     try:
                         credits = await rt.provider.credits(key.secret)
@@ -128,7 +131,7 @@ async def credit_poll_loop(rt: Runtime) -> None:
                     if await key.circuit.close():
                         log.info("circuit.closed", provider_key=key.id, provider_credits=credits)
                 else:
-                    await key.circuit.open("provider_out_of_credits", jobs.CIRCUIT_COOLDOWN)
+                    await key.circuit.open("provider_out_of_credits", step.CIRCUIT_COOLDOWN)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # Redis down: the next tick tries again

@@ -85,7 +85,7 @@ class Family:
         """A callback body (any JSON) as a hint. Never raises: a body it cannot read names no task."""
         data = body.get("data") if isinstance(body, dict) else None
         named = data.get("taskId") if isinstance(data, dict) else None
-        return CallbackHint(_task_id(named))
+        return CallbackHint(task_id_of(named))
 
     def classify(self, code: int, msg: str, *, create: bool) -> ErrorClass:
         """The class of an answer other than success (``code`` the body code, or the HTTP status when the body
@@ -222,13 +222,9 @@ def callback_task(url: Any) -> str | None:
     return found[0] if found else None
 
 
-def _task_id(named: Any) -> str | None:
-    return named if isinstance(named, str) and 0 < len(named) <= 200 else None
-
-
 def task_id_of(named: Any) -> str | None:
     """A provider task id from a callback field: a non-empty string of at most 200 characters, else None."""
-    return _task_id(named)
+    return named if isinstance(named, str) and 0 < len(named) <= 200 else None
 
 
 def optional(body: dict[str, Any], name: str, value: Any) -> None:

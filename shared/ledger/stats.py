@@ -10,7 +10,7 @@ for a page that refreshes every few seconds, not for a scrape loop.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from shared.ledger.accounts import Conn
 
@@ -143,6 +143,117 @@ async def recent_failures(conn: Conn, window_seconds: float, limit: int = 20) ->
         limit,
     )
     return [FailureReason(r["reason"], int(r["n"]), r["last_at"]) for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class FailureSample:
+    """One recent failed task of a reason: its id, its message, when it failed."""
+
+    reason: str
+    task_id: str
+    message: str
+    at: datetime
+
+
+async def failure_samples(conn: Conn, window_seconds: float, per_reason: int = 3) -> list[FailureSample]:
+    """The newest ``per_reason`` failed tasks of each error code in the last ``window_seconds``, newest first.
+    Read-only, one statement."""
+    rows = await conn.fetch(
+        "SELECT reason, id, message, finished_at FROM ("
+        "  SELECT coalesce(error_code, 'unknown') AS reason, id, coalesce(error_message, '') AS message, finished_at,"
+        "         row_number() OVER (PARTITION BY coalesce(error_code, 'unknown') ORDER BY finished_at DESC, id) AS k"
+        "  FROM tasks WHERE status = 'failed' AND finished_at > now() - make_interval(secs => $1)"
+        ") s WHERE k <= $2 ORDER BY reason, finished_at DESC",
+        window_seconds,
+        per_reason,
+    )
+    return [FailureSample(r["reason"], r["id"], r["message"], r["finished_at"]) for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """One interval of the last hours: tasks submitted, ended by outcome, credits captured, and the tasks in
+    flight (queued or running) at its end."""
+
+    start: datetime
+    submitted: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    canceled: int = 0
+    captured: int = 0
+    in_flight: int = 0
+
+
+async def history(conn: Conn, step_seconds: float, buckets: int) -> list[Bucket]:
+    """The last ``buckets`` intervals of ``step_seconds`` (the last one ends now), oldest first. In flight at a
+    bucket's end is rebuilt backwards from the live count now (a task submitted after that end had not yet
+    begun; one that ended after it was still in flight), so it needs no sampling. Read-only, one statement in
+    one snapshot."""
+    rows = await conn.fetch(
+        """
+        WITH p AS (
+            SELECT extract(epoch FROM now())::float8 AS hi, extract(epoch FROM now())::float8 - $1::float8 * $2 AS lo
+        )
+        SELECT 'submitted' AS kind, width_bucket(extract(epoch FROM t.created_at)::float8, p.lo, p.hi, $2::int) AS b,
+               count(*) AS n, 0::bigint AS credits
+        FROM tasks t, p WHERE t.created_at >= to_timestamp(p.lo) GROUP BY 2
+        UNION ALL
+        SELECT t.status, width_bucket(extract(epoch FROM t.finished_at)::float8, p.lo, p.hi, $2::int), count(*),
+               sum(t.charged)::bigint
+        FROM tasks t, p WHERE t.finished_at >= to_timestamp(p.lo) AND t.status IN ('succeeded', 'failed', 'canceled')
+        GROUP BY 1, 2
+        UNION ALL
+        SELECT 'live', 0, count(*), 0::bigint FROM tasks WHERE status IN ('queued', 'running')
+        UNION ALL
+        SELECT 'now', 0, 0, extract(epoch FROM now())::bigint
+        """,
+        step_seconds,
+        buckets,
+    )
+    counts: dict[tuple[str, int], tuple[int, int]] = {}
+    live, now = 0, 0.0
+    for r in rows:
+        if r["kind"] == "live":
+            live = int(r["n"])
+        elif r["kind"] == "now":
+            now = float(r["credits"])
+        else:
+            # width_bucket: 1..buckets inside, buckets + 1 for "now" itself (the upper bound is exclusive).
+            b = min(int(r["b"]), buckets) - 1
+            n, c = counts.get((r["kind"], b), (0, 0))
+            counts[(r["kind"], b)] = (n + int(r["n"]), c + int(r["credits"] or 0))
+    out: list[Bucket] = []
+    in_flight = live
+    for b in range(buckets - 1, -1, -1):
+        submitted = counts.get(("submitted", b), (0, 0))[0]
+        succeeded, captured = counts.get(("succeeded", b), (0, 0))
+        failed = counts.get(("failed", b), (0, 0))[0]
+        canceled = counts.get(("canceled", b), (0, 0))[0]
+        out.append(
+            Bucket(
+                start=datetime.fromtimestamp(now - (buckets - b) * step_seconds, UTC),
+                submitted=submitted,
+                succeeded=succeeded,
+                failed=failed,
+                canceled=canceled,
+                captured=captured,
+                in_flight=max(0, in_flight),
+            )
+        )
+        in_flight = in_flight - submitted + succeeded + failed + canceled  # at the end of the bucket before
+    out.reverse()
+    return out
+
+
+async def live_tasks(conn: Conn, task_ids: list[str]) -> int:
+    """How many of ``task_ids`` are live (queued or running). Read-only."""
+    if not task_ids:
+        return 0
+    return int(
+        await conn.fetchval(
+            "SELECT count(*) FROM tasks WHERE id = ANY($1::text[]) AND status IN ('queued', 'running')", task_ids
+        )
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -447,7 +447,18 @@ def task_view(r: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
     if progress is not None:
         # The provider's last figure; a task it finished is done, whatever the last poll before the end said.
         view["progress"] = 100 if r["status"] == "succeeded" else int(progress)
+    last_error = r.get("last_error")
+    if last_error is not None and r["status"] == "queued":
+        view["lastError"] = last_error  # why the task still waits: the last create attempt's error
     return view
+
+
+async def note_error(conn: Conn, task_id: str, message: str) -> None:
+    """Keep ``message`` as the task's last attempt error (``lastError`` of a queued task's view). Idempotent;
+    changes nothing once the task has ended. One statement."""
+    await conn.execute(
+        "UPDATE tasks SET last_error = $2 WHERE id = $1 AND status IN ('queued', 'running')", task_id, message[:500]
+    )
 
 
 # --- The worker's bookkeeping: no money moves below. ---------------------------------------------------------

@@ -100,17 +100,17 @@ async def retry_now(conn: Conn, task_id: str, account_id: str, webhook_id: str) 
     return r
 
 
-async def overdue(conn: Conn, grace_seconds: float, limit: int = 5000) -> list[str]:
-    """Pending deliveries due more than ``grace_seconds`` ago and not held by an attempt: their queue entry may
-    be lost (a flushed Redis, a dead worker). Oldest first."""
+async def overdue(conn: Conn, grace_seconds: float, limit: int = 5000) -> list[tuple[str, int]]:
+    """(id, attempts) of the pending deliveries due more than ``grace_seconds`` ago and not held by an attempt:
+    their queue entry may be lost (a flushed Redis, a dead worker). Oldest first."""
     rows = await conn.fetch(
-        "SELECT id FROM webhook_deliveries WHERE status = 'pending' "
+        "SELECT id, attempts FROM webhook_deliveries WHERE status = 'pending' "
         "AND next_attempt_at < now() - make_interval(secs => $1) "
         "AND (locked_until IS NULL OR locked_until < now()) ORDER BY next_attempt_at LIMIT $2",
         grace_seconds,
         limit,
     )
-    return [r["id"] for r in rows]
+    return [(r["id"], int(r["attempts"])) for r in rows]
 
 
 def delivery_view(r: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:

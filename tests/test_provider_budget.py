@@ -11,7 +11,7 @@ import uuid
 import redis.asyncio as aioredis
 
 from shared.config import Settings
-from shared.ratelimit import Circuit, ProviderBudget, key_id
+from shared.provider_budget import Circuit, ProviderBudget, key_id
 
 
 def _isolated(settings: Settings, **changes: object) -> Settings:

@@ -46,8 +46,9 @@ import contextlib
 import math
 import random
 import time
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import quote
 
 import asyncpg
@@ -67,11 +68,12 @@ from shared.errors import (
 from shared.ledger import tasks
 from shared.pricing import Model
 from shared.provider import CreateOutcomeUnknown, ProviderStatus, note_provider_task, noted_provider_task
-from shared.ratelimit import Kind, ProviderKey
-from worker import schedule
+from shared.provider_budget import Kind, ProviderKey
+from worker import health, schedule
 from worker.runtime import Runtime
 
 log = structlog.get_logger("creditq.worker")
+T = TypeVar("T")
 
 CREATE_TOKEN_WAIT = 2.0  # seconds a step may wait for a create token before re-scheduling itself
 QUERY_TOKEN_WAIT = 1.0
@@ -186,10 +188,8 @@ async def _submit(rt: Runtime, task: asyncpg.Record, model: Model, tlog: Log) ->
         _retry(task, 1.0)
     tlog = tlog.bind(provider_key=key.id)
     try:
-        try:
-            provider_task_id = await rt.provider.create(model, dict(task["input"]), _callback_url(rt, task), key.secret)
-        finally:
-            await _done(key, "create", token)
+        create = rt.provider.create(model, dict(task["input"]), _callback_url(rt, task), key.secret)
+        provider_task_id = await _called(key, "create", token, create)
     except CreateOutcomeUnknown as e:
         # Maybe created: keep the intent so that nobody creates it again (see the module docstring).
         tlog.warning("task.create_unknown", error=e.message)
@@ -213,9 +213,11 @@ async def _submit(rt: Runtime, task: asyncpg.Record, model: Model, tlog: Log) ->
         delay = max(e.retry_after or 0.0, schedule.backoff(int(claimed["submit_attempts"])))
         delay = schedule.bounded(delay, _until(task["deadline_at"]))
         await tasks.abandon_submit(rt.pool, task_id, _at(delay))
+        await health.note_transient(rt, task_id, e)
         tlog.info("task.create_retry", error=e.message, retry_in=round(delay, 1))
         raise Retry(defer=delay) from None
     tlog = tlog.bind(provider_task_id=provider_task_id)
+    await health.note_reached(rt)
     with contextlib.suppress(RedisError, OSError):
         await note_provider_task(rt.redis, rt.settings, task_id, provider_task_id)
     first = schedule.first_check(rt.settings.callbacks_enabled, model.typical_seconds)
@@ -301,16 +303,8 @@ async def _status(
     grows with the failures in a row: whatever the provider answers there (401, 404, "recordInfo is null",
     another body code, 5xx), the task may still finish and be billed, so only its verdict or the deadline ends
     it."""
-    key = rt.keys.by_id(task["provider_key"])
-    token = key.budget.new_token()
-    wait = await _take(key, "query", QUERY_TOKEN_WAIT, token)
-    if wait > 0:
-        _retry(task, wait + random.uniform(0, 0.5))
     try:
-        try:
-            return await rt.provider.status(model, provider_task_id, key.secret)
-        finally:
-            await _done(key, "query", token)
+        st = await _query(rt, task, model, provider_task_id)
     except ProviderError as e:
         errors = int(task["query_errors"]) + 1
         delay = max(e.retry_after or 0.0, schedule.backoff(errors, base=STATUS_BACKOFF_BASE, cap=STATUS_BACKOFF_CAP))
@@ -318,6 +312,9 @@ async def _status(
         await tasks.schedule(rt.pool, task["id"], _at(delay), polled=polled, query_ok=False)
         tlog.info("task.status_retry", error=e.message, code=e.provider_code, errors=errors, retry_in=round(delay, 1))
         raise Retry(defer=delay) from None
+    if isinstance(st, float):  # no query token freed in time
+        _retry(task, st + random.uniform(0, 0.5))
+    return st
 
 
 async def _apply(rt: Runtime, task: asyncpg.Record, st: ProviderStatus, tlog: Log, poked: bool, job_try: int) -> str:
@@ -402,20 +399,15 @@ async def _last_look(
     could not say: no query token, a transient error)."""
     if task["status"] != "running" or task["provider_task_id"] is None:
         return None, False
-    key = rt.keys.by_id(task["provider_key"])
-    token = key.budget.new_token()
-    if await _take(key, "query", token_wait, token) > 0:
-        tlog.info("task.last_look_no_token", waited=token_wait)
-        return None, True
     try:
-        try:
-            st = await rt.provider.status(model, task["provider_task_id"], key.secret)
-        finally:
-            await _done(key, "query", token)
+        st = await _query(rt, task, model, task["provider_task_id"], token_wait)
     except ProviderError as e:
         # Whatever the error (a 5xx, a timeout, "recordInfo is null", a 404): only the provider's verdict ends a
         # task, so the look may be tried again.
         tlog.info("task.last_look_failed", error=e.message)
+        return None, True
+    if isinstance(st, float):  # no query token freed in time
+        tlog.info("task.last_look_no_token", waited=token_wait)
         return None, True
     if st.state == "pending":
         return None, False
@@ -454,6 +446,34 @@ async def settle(
 
 
 # --- helpers --------------------------------------------------------------------------------------------------
+
+
+async def _query(
+    rt: Runtime,
+    task: asyncpg.Record,
+    model: Model,
+    provider_task_id: str,
+    token_wait: float = QUERY_TOKEN_WAIT,
+) -> ProviderStatus | float:
+    """One status query with the task's provider key, in the provider-call bracket: a query token of that key's
+    budget (waiting up to ``token_wait``), the query, the token given back however it ends. Returns the
+    status, or the seconds to wait when no token freed in time (nothing was sent). Raises ProviderError."""
+    key = rt.keys.by_id(task["provider_key"])
+    token = key.budget.new_token()
+    wait = await _take(key, "query", token_wait, token)
+    if wait > 0:
+        return wait
+    return await _called(key, "query", token, rt.provider.status(model, provider_task_id, key.secret))
+
+
+async def _called(key: ProviderKey, kind: Kind, token: str, call: Awaitable[T]) -> T:
+    """The end of the provider-call bracket: await ``call``, made under the budget token ``token`` of ``key``,
+    and give the token back (:func:`_done`: counted from the answer, not from the latest time it could have
+    arrived) whether it answered or raised. Raises what ``call`` raises."""
+    try:
+        return await call
+    finally:
+        await _done(key, kind, token)
 
 
 async def _take(key: ProviderKey, kind: Kind, max_wait: float, token: str) -> float:

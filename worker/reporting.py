@@ -24,7 +24,7 @@ import structlog
 
 from shared import metrics, redis_keys
 from shared.ledger.audit import audit
-from worker import interval_lock
+from worker import health, interval_lock
 from worker.runtime import Runtime
 
 log = structlog.get_logger("creditq.worker")
@@ -62,8 +62,11 @@ async def poll_credit_balance(rt: Runtime) -> float | None:
     except Exception as e:
         metrics.CREDIT_POLLS.labels("error").inc()
         log.warning("provider.credits_failed", error=f"{type(e).__name__}: {e}")
+        if health.is_connection_failure(e):
+            await health.note_unreached(rt, e)
         return None
     metrics.CREDIT_POLLS.labels("ok").inc()
+    await health.note_reached(rt)
     try:
         await metrics.record_provider_credits(rt.redis, rt.settings, credits)
     except asyncio.CancelledError:
