@@ -524,6 +524,36 @@ async def test_sweep_and_retried_last_look_capture_a_success(
     await clean_audit(pool, [acct.id])
 
 
+async def test_last_look_waits_longer_for_a_query_token_before_a_refund(
+    procs: Processes, runtime: Runtime, pool: asyncpg.Pool, settings: Settings, make_account: MakeAccount
+) -> None:
+    """Found by the soak (seed 7, 10 min): workers started again after every one was killed found their tasks
+    past the deadline and the provider's query budget taken by the others; the last looks got no token within
+    1 s and a success was refunded. Past the grace the final look now waits up to FINAL_LOOK_TOKEN_WAIT."""
+    sim = procs.sim("--time-scale", "0.01")
+    rt = dataclasses.replace(runtime, settings=dataclasses.replace(runtime.settings, kie_base_url=sim.url))
+    rt.provider = type(runtime.provider)(rt.settings, rt.http)
+    acct, _ = await make_account(credits=4, tier="pro")
+    task_id = await submit(pool, None, settings, acct.id, "starved [sim:seconds=1]", enqueue=False)
+    await _run_step(rt, task_id)
+    assert (await tasks.get(pool, task_id))["status"] == "running"
+    await asyncio.sleep(0.1)  # the provider has finished it
+    await pool.execute("UPDATE tasks SET deadline_at = now() - interval '1 minute' WHERE id = $1", task_id)
+    key = rt.keys.by_id((await tasks.get(pool, task_id))["provider_key"])
+
+    # Other workers' queries in flight take every slot of the query budget; an entry in flight frees its slot by
+    # itself after KIE_TIMEOUT (3 s here), longer than a step's usual 1 s wait for a token.
+    await asyncio.sleep(1.1)  # the queries of the tests before have left the 1 s window
+    for _ in range(rt.settings.kie_query_limit):
+        assert await key.budget.try_acquire("query", key.budget.new_token()) == 0
+    started = time.monotonic()
+    await sweeper.sweep(rt)
+    assert (await tasks.get(pool, task_id))["status"] == "succeeded"
+    assert time.monotonic() - started >= 2.0  # it waited for a slot
+    assert await entries(pool, task_id) == ["hold", "capture"]
+    await clean_audit(pool, [acct.id])
+
+
 def test_backoff_and_deadline_bound() -> None:
     rnd = random.Random(7)
     assert [round(schedule.backoff(n, rnd=random.Random(0)) * 2) >= 2 ** (n - 1) for n in (1, 2, 3)] == [True] * 3

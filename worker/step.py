@@ -83,6 +83,7 @@ CIRCUIT_REASONS = {401: "provider_unauthorized", 402: "provider_out_of_credits",
 CIRCUIT_COOLDOWNS = {433: 300.0}
 CIRCUIT_RECHECK = (3.0, 6.0)  # a queued task looks at an open circuit again after this many seconds
 POKE_RECHECKS = queue.POKE_RECHECKS  # a poke that finds the task still pending looks again, 2-3 s apart
+FINAL_LOOK_TOKEN_WAIT = 5.0  # the last look before a refund may wait this long for a query token
 STEP_SLACK = 7.0  # a step's own time budget beyond KIE_TIMEOUT (token waits, a few statements)
 STATUS_BACKOFF_BASE = 2.0  # a failed status query: look again after 1-2 s, then 2-4, 4-8... up to 30-60 s
 STATUS_BACKOFF_CAP = 60.0
@@ -382,26 +383,31 @@ async def end_overdue(rt: Runtime, task: asyncpg.Record, tlog: Log | None = None
         raise Retry(defer=min(random.uniform(1.0, 2.0), left))
     if unsure:
         # The grace is over: one more look before the refund, so that a single transient error (the provider
-        # answers every other query with a 500, say) does not refund a generation that succeeded.
-        ended, _ = await _last_look(rt, task, rt.model(task), tlog)
+        # answers every other query with a 500, say) does not refund a generation that succeeded; it may wait
+        # longer for a query token (workers started again after an outage all want one at once).
+        ended, _ = await _last_look(rt, task, rt.model(task), tlog, token_wait=FINAL_LOOK_TOKEN_WAIT)
         if ended is not None:
             return ended
     return await expire(rt, task, tlog)
 
 
-async def _last_look(rt: Runtime, task: asyncpg.Record, model: Model, tlog: Log) -> tuple[str | None, bool]:
-    """At the deadline, one last status query of a task the provider has. Returns (the task's status if that
-    query settled it, else None; True when the provider could not say: no query token, a transient error)."""
+async def _last_look(
+    rt: Runtime, task: asyncpg.Record, model: Model, tlog: Log, token_wait: float = QUERY_TOKEN_WAIT
+) -> tuple[str | None, bool]:
+    """At the deadline, one last status query of a task the provider has (waiting up to ``token_wait`` seconds
+    for a query token). Returns (the task's status if that query settled it, else None; True when the provider
+    could not say: no query token, a transient error)."""
     if task["status"] != "running" or task["provider_task_id"] is None:
         return None, False
     try:
-        st = await _query(rt, task, model, task["provider_task_id"])
+        st = await _query(rt, task, model, task["provider_task_id"], token_wait)
     except ProviderError as e:
         # Whatever the error (a 5xx, a timeout, "recordInfo is null", a 404): only the provider's verdict ends a
         # task, so the look may be tried again.
         tlog.info("task.last_look_failed", error=e.message)
         return None, True
     if isinstance(st, float):  # no query token freed in time
+        tlog.info("task.last_look_no_token", waited=token_wait)
         return None, True
     if st.state == "pending":
         return None, False
@@ -442,13 +448,19 @@ async def settle(
 # --- helpers --------------------------------------------------------------------------------------------------
 
 
-async def _query(rt: Runtime, task: asyncpg.Record, model: Model, provider_task_id: str) -> ProviderStatus | float:
+async def _query(
+    rt: Runtime,
+    task: asyncpg.Record,
+    model: Model,
+    provider_task_id: str,
+    token_wait: float = QUERY_TOKEN_WAIT,
+) -> ProviderStatus | float:
     """One status query with the task's provider key, in the provider-call bracket: a query token of that key's
-    budget (waiting up to QUERY_TOKEN_WAIT), the query, the token given back however it ends. Returns the
+    budget (waiting up to ``token_wait``), the query, the token given back however it ends. Returns the
     status, or the seconds to wait when no token freed in time (nothing was sent). Raises ProviderError."""
     key = rt.keys.by_id(task["provider_key"])
     token = key.budget.new_token()
-    wait = await _take(key, "query", QUERY_TOKEN_WAIT, token)
+    wait = await _take(key, "query", token_wait, token)
     if wait > 0:
         return wait
     return await _called(key, "query", token, rt.provider.status(model, provider_task_id, key.secret))
