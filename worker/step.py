@@ -154,7 +154,7 @@ async def _step(rt: Runtime, task_id: str, poked: bool, job_try: int) -> str:
     except NotFound:
         log.warning("step.unknown_task", task_id=task_id)
         return "unknown"
-    tlog = _bound(task)
+    tlog = settlement.bound(task)
     if task["status"] in tasks.TERMINAL:
         await settlement.release_slot(rt, task)
         return str(task["status"])
@@ -374,7 +374,7 @@ async def end_overdue(rt: Runtime, task: asyncpg.Record, tlog: Log | None = None
     again 1-2 s later (raises ``arq.Retry``) until :func:`last_look_grace` has passed; after that, once more at
     once before the refund. Exactly once (settlement is guarded by the task's state). Raises Unavailable,
     NotFound, Retry."""
-    tlog = tlog or _bound(task)
+    tlog = tlog or settlement.bound(task)
     ended, unsure = await _last_look(rt, task, rt.model(task), tlog)
     if ended is not None:
         return ended
@@ -422,7 +422,7 @@ async def _provider_failed(rt: Runtime, task: asyncpg.Record, tlog: Log, message
 async def expire(rt: Runtime, task: asyncpg.Record, tlog: Log | None = None) -> str:
     """The deadline path (:func:`shared.settlement.expire`): fail a live task past its deadline with
     ``provider_timeout`` and release its hold. Idempotent (exactly-once settlement). Raises Unavailable, NotFound."""
-    row, _ = await settlement.expire(rt, task, tlog or _bound(task))
+    row, _ = await settlement.expire(rt, task, tlog or settlement.bound(task))
     return str(row["status"])
 
 
@@ -531,12 +531,3 @@ async def _later(rt: Runtime, task: asyncpg.Record, delay: float, write: bool) -
         # Keep next_check_at honest so the sweeper does not count a waiting task as lost.
         await tasks.schedule(rt.pool, task["id"], _at(delay))
     raise Retry(defer=delay)
-
-
-def _bound(task: asyncpg.Record) -> Log:
-    return log.bind(
-        task_id=task["id"],
-        account_id=task["account_id"],
-        model=task["model"],
-        provider_task_id=task["provider_task_id"],
-    )

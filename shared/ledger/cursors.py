@@ -61,6 +61,14 @@ def encode_keyset(at: datetime, row_id: str) -> str:
     return encode(f"{at.isoformat()}|{row_id}")
 
 
+def keyset_after(cursor: str | None) -> tuple[datetime | None, str]:
+    """Where a page of a (timestamp, id) keyset list starts: ``(None, "")`` for the first page (no cursor),
+    else the decoded cursor (:func:`decode_keyset`). Raises InvalidInput for a cursor this service did not make."""
+    if not cursor:
+        return None, ""
+    return decode_keyset(cursor)
+
+
 def decode_keyset(cursor: str) -> tuple[datetime, str]:
     """A cursor of ``<ISO timestamp>|<id>`` (a keyset on a timestamp, then an id): the timestamp in UTC and the
     id. Raises InvalidInput for anything else (not ASCII, a date Python or Postgres cannot hold, an id of other

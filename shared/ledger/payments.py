@@ -300,10 +300,7 @@ async def list_events(
     unknown status or a cursor this service did not make."""
     if status is not None and status not in STATUSES:
         raise InvalidInput(f"status must be one of {', '.join(STATUSES)}", details=[{"field": "status"}])
-    before_at: datetime | None = None
-    before_id = ""
-    if cursor:
-        before_at, before_id = cursors.decode_keyset(cursor)
+    before_at, before_id = cursors.keyset_after(cursor)
     rows = await conn.fetch(
         "SELECT *, false AS inserted FROM payment_events "
         "WHERE ($1::text IS NULL OR status = $1) "

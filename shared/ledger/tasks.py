@@ -352,10 +352,7 @@ async def list_for_account(
     conn: Conn, account_id: str, status: str | None, limit: int, cursor: str | None
 ) -> tuple[list[asyncpg.Record], str | None]:
     """One page of the account's tasks, newest first (keyset on created_at, id), and the next cursor."""
-    after_ts: datetime | None = None
-    after_id = ""
-    if cursor:
-        after_ts, after_id = cursors.decode_keyset(cursor)
+    after_ts, after_id = cursors.keyset_after(cursor)
     rows = await conn.fetch(
         "SELECT * FROM tasks WHERE account_id = $1 AND ($2::text IS NULL OR status = $2) "
         "AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4)) "
