@@ -34,7 +34,9 @@ from tests.apiserver import Api, free_port, serve
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = os.environ.get("CREDITQ_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_BASE = os.environ.get("CREDITQ_TEST_REDIS", "redis://127.0.0.1:6379")
-REDIS_DB = int(os.environ.get("CREDITQ_TEST_REDIS_DB", "13"))
+# Under pytest-xdist each worker process (gw0, gw1, ...) takes its own Redis database: some tests flush theirs.
+_XDIST_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+REDIS_DB = (int(os.environ.get("CREDITQ_TEST_REDIS_DB", "13")) + _XDIST_WORKER) % 16
 CREDITQ = str(Path(sys.executable).with_name("creditq"))
 
 
