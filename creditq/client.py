@@ -87,6 +87,14 @@ def _call(http: httpx.Client, method: str, path: str, ok: int = 200, **kw: Any) 
     return body
 
 
+def _call_or_fail(http: httpx.Client, method: str, path: str, ok: int = 200, **kw: Any) -> dict[str, Any]:
+    """:func:`_call` for commands with nothing to add to an error: the API's answer becomes the exit message."""
+    try:
+        return _call(http, method, path, ok, **kw)
+    except ApiError as e:
+        _fail(str(e))
+
+
 def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2))
 
@@ -214,10 +222,7 @@ def submit(
 def models(as_json: AsJson = False, api_url: ApiUrl = DEFAULT_API_URL) -> int:
     """The models you can submit, with their kind, family and cost (no key needed)."""
     with httpx.Client(base_url=api_url.rstrip("/"), timeout=TIMEOUT_SECONDS) as http:
-        try:
-            body = _call(http, "GET", "/v1/models")
-        except ApiError as e:
-            _fail(str(e))
+        body = _call_or_fail(http, "GET", "/v1/models")
     if as_json:
         _print_json(body)
         return 0
@@ -231,10 +236,7 @@ def models(as_json: AsJson = False, api_url: ApiUrl = DEFAULT_API_URL) -> int:
 def account(as_json: AsJson = False, api_url: ApiUrl = DEFAULT_API_URL, api_key: ApiKey = "") -> int:
     """Your account: balance, held, available, tier and today's limits."""
     with _http(api_url, api_key) as http:
-        try:
-            a = _call(http, "GET", "/v1/account")
-        except ApiError as e:
-            _fail(str(e))
+        a = _call_or_fail(http, "GET", "/v1/account")
     if as_json:
         _print_json(a)
         return 0
@@ -268,10 +270,7 @@ def jobs_list(
     if cursor:
         params["cursor"] = cursor
     with _http(api_url, api_key) as http:
-        try:
-            page = _call(http, "GET", "/v1/jobs", params=params)
-        except ApiError as e:
-            _fail(str(e))
+        page = _call_or_fail(http, "GET", "/v1/jobs", params=params)
     if as_json:
         _print_json(page)
         return 0
@@ -294,10 +293,7 @@ def jobs_get(
 ) -> int:
     """One job's view (exit 0 whatever its status)."""
     with _http(api_url, api_key) as http:
-        try:
-            task = _call(http, "GET", f"/v1/jobs/{task_id}")
-        except ApiError as e:
-            _fail(str(e))
+        task = _call_or_fail(http, "GET", f"/v1/jobs/{task_id}")
     if as_json:
         _print_json(task)
         return 0
@@ -317,10 +313,7 @@ def jobs_wait(
 ) -> int:
     """Follow a job to its end (exit 0 when it succeeded)."""
     with _http(api_url, api_key) as http:
-        try:
-            task = _call(http, "GET", f"/v1/jobs/{task_id}")
-        except ApiError as e:
-            _fail(str(e))
+        task = _call_or_fail(http, "GET", f"/v1/jobs/{task_id}")
         if task["status"] in TERMINAL:
             return _ended(task)
         return _wait(http, task)
