@@ -87,3 +87,39 @@ async def test_stuck_task_ends_as_the_worker_ends_it(
         assert await redis.exists(f"arq:job:{redis_keys.delivery_job_id(delivery['id'])}")
     finally:
         await redis.aclose()
+
+
+async def test_a_stuck_task_that_may_be_at_the_provider_is_handed_to_a_worker_not_refunded(
+    settings: Settings, pool: asyncpg.Pool, make_account: MakeAccount
+) -> None:
+    # Past its deadline and running at the provider: the provider may have finished (and billed) it since the last
+    # poll, so the repair must not refund it blind; a worker's last status query decides.
+    acct, _ = await make_account(credits=100, tier="pro")
+    running = await submit(pool, None, settings, acct.id, "at the provider", enqueue=False)
+    creating = await submit(pool, None, settings, acct.id, "create begun", enqueue=False)
+    await pool.execute(
+        "UPDATE tasks SET status = 'running', provider_task_id = 'p-1', deadline_at = now() - interval '1 hour' "
+        "WHERE id = $1",
+        running,
+    )
+    await pool.execute(
+        "UPDATE tasks SET submit_started_at = now() - interval '2 hours', deadline_at = now() - interval '1 hour' "
+        "WHERE id = $1",
+        creating,
+    )
+    redis = await queue.connect(settings)
+    try:
+        async with repairing(settings, redis=redis) as fixes:
+            report = await audit.audit(pool, 2, fixes)
+        for task_id in (running, creating):
+            assert f"task {task_id}: may be at the provider; handed to a worker for a last status query" in report.fixed
+            assert await entries(pool, task_id) == ["hold"]  # nothing refunded
+            assert await redis.exists(f"arq:job:{redis_keys.step_job_id(task_id)}")
+        assert (await tasks.get(pool, running))["status"] == "running"
+        assert (await tasks.get(pool, creating))["status"] == "queued"
+        # Still a problem until the worker's look ends it: the audit does not call it fixed.
+        left = {p.taskId for p in report.problems if p.kind == "stuck_task"}
+        assert {running, creating} <= left
+        assert await account_state(pool, acct.id) == (100, 8)
+    finally:
+        await redis.aclose()
