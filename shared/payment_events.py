@@ -423,21 +423,15 @@ def _takeback(event_type: str, obj: Mapping[str, Any]) -> Intent:
         )
     if object_id is None:
         return Intent("dispute", account_id, external_id, ref=payment_intent, detail="the dispute id is missing")
-    if event_type == "charge.dispute.created":
-        return Intent(
-            "dispute",
-            account_id,
-            external_id,
-            ref=payment_intent,
-            ref2=object_id,
-            money=_whole(obj.get("amount")),
-            reason=f"dispute {object_id} ({_text(obj.get('reason')) or 'no reason given'})",
-        )
     status = _text(obj.get("status"))
-    if status not in ("won", "warning_closed"):
-        # Lost: the money is gone. Applied as the dispute itself, so that a close delivered before its
-        # charge.dispute.created still takes the credits back (once per dispute id: if the dispute was seen
-        # opened, this changes nothing).
+    if event_type == "charge.dispute.created" or status not in ("won", "warning_closed"):
+        # Opened, or closed lost: the money is gone. A lost close is applied as the dispute itself, so that one
+        # delivered before its charge.dispute.created still takes the credits back (once per dispute id: if the
+        # dispute was seen opened, this changes nothing).
+        if event_type == "charge.dispute.created":
+            reason = f"dispute {object_id} ({_text(obj.get('reason')) or 'no reason given'})"
+        else:
+            reason = f"dispute {object_id} closed {status or '?'}"
         return Intent(
             "dispute",
             account_id,
@@ -445,7 +439,7 @@ def _takeback(event_type: str, obj: Mapping[str, Any]) -> Intent:
             ref=payment_intent,
             ref2=object_id,
             money=_whole(obj.get("amount")),
-            reason=f"dispute {object_id} closed {status or '?'}",
+            reason=reason,
         )
     # An inquiry closed without a chargeback (warning_closed) took no money either: it gives back as a win does.
     return Intent(

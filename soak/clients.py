@@ -267,22 +267,26 @@ class Clients:
                 out.answers.append({"code": answer.code, "id": _id_of(answer.body)})
         self.decide(out, answer)
 
-    async def op_repeat(self, out: Outcome) -> None:
+    async def _accepted_earlier(self, out: Outcome) -> tuple[dict[str, Any], dict[str, str]] | None:
+        """The earlier keyed operation this one repeats, with its key's headers; None (and ``out`` skipped) when
+        that one was not accepted."""
         first = await self._earlier(int(out.op["of"]))
         if first is None or first.status != "ok":
             out.status = "skipped"
-            return
+            return None
         op = first.op
-        headers = {**self.key_of(int(op["account"])), "Idempotency-Key": str(op["key"])}
+        return op, {**self.key_of(int(op["account"])), "Idempotency-Key": str(op["key"])}
+
+    async def op_repeat(self, out: Outcome) -> None:
+        if (earlier := await self._accepted_earlier(out)) is None:
+            return
+        op, headers = earlier
         self.decide(out, await self.keyed(out, "POST", "/v1/jobs", headers, self.submit_body(op)))
 
     async def op_conflict(self, out: Outcome) -> None:
-        first = await self._earlier(int(out.op["of"]))
-        if first is None or first.status != "ok":
-            out.status = "skipped"
+        if (earlier := await self._accepted_earlier(out)) is None:
             return
-        op = first.op
-        headers = {**self.key_of(int(op["account"])), "Idempotency-Key": str(op["key"])}
+        op, headers = earlier
         body = self.submit_body(op, f"soak#{out.id} conflict of soak#{op['id']} [sim:seconds=1]")
         self.decide(out, await self.keyed(out, "POST", "/v1/jobs", headers, body))
 
@@ -305,12 +309,9 @@ class Clients:
         return {"toAccountId": self.history.accounts[int(op["to"])][0], "amount": op["amount"], "memo": "soak"}
 
     async def op_transfer_repeat(self, out: Outcome) -> None:
-        first = await self._earlier(int(out.op["of"]))
-        if first is None or first.status != "ok":
-            out.status = "skipped"
+        if (earlier := await self._accepted_earlier(out)) is None:
             return
-        op = first.op
-        headers = {**self.key_of(int(op["account"])), "Idempotency-Key": str(op["key"])}
+        op, headers = earlier
         self.decide(out, await self.keyed(out, "POST", "/v1/transfers", headers, self.transfer_body(op)))
 
     async def op_grant(self, out: Outcome) -> None:
