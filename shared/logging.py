@@ -6,7 +6,10 @@ Call :func:`configure` once per process (the CLI does). Every module logs throug
 per call or with ``structlog.contextvars``. Event names are dotted, ``<subject>.<what happened>``
 (``task.queued``, ``money.capture``, ``request.internal_error``): ``jq 'select(.event | startswith("task."))'``
 follows one subject.
-Standard-library loggers (arq, uvicorn) go through the same renderer so a process prints one format.
+creditq's own lines are rendered by structlog itself (its level filtered before any processor runs, JSON by orjson)
+and never pass through stdlib ``logging``, which costs several times more per line; standard-library loggers
+(arq, uvicorn, asyncio) go through the same processors and renderer, and both write through one writer, so a
+process prints one format, one whole line at a time.
 A line logged with a traceback (``log.exception``, a 500) carries it: as structured data in JSON
 (``"exception": [{"exc_type", "exc_value", "frames": [...]}]``, without frame locals, scrubbed like every value),
 as text on the console.
@@ -14,10 +17,15 @@ as text on the console.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
+import threading
+from collections.abc import Callable
+from typing import TextIO, cast
 
+import orjson
 import structlog
 
 from shared.config import Settings
@@ -80,14 +88,73 @@ _TRACEBACKS = structlog.processors.ExceptionRenderer(
 )
 
 
+class _Lines:
+    """The one writer of a process's log lines: structlog's own loggers and the stdlib handler both write through
+    it, so a line from either is written whole, under one lock, and never interleaved with another. Its stream is
+    set by :func:`configure`, so a logger cached before a reconfiguration writes where the last one said."""
+
+    def __init__(self) -> None:
+        self.stream: TextIO = sys.stderr
+        # Reentrant: a signal handler that logs while this thread is writing must not deadlock.
+        self._lock = threading.RLock()
+
+    def msg(self, line: str) -> None:
+        """Write ``line`` and a newline, then flush (one line per write, as the stdlib handler does). A stream that
+        cannot be written (closed, a broken pipe) loses the line and never fails the caller: a log line runs after
+        commits, in the money path, as stdlib logging's handlers never raise either."""
+        with self._lock:
+            try:
+                self.stream.write(line + "\n")
+                self.stream.flush()
+            except (OSError, ValueError):
+                pass
+
+    # structlog calls the wrapped logger's method of the line's level name.
+    debug = info = warning = warn = error = critical = exception = fatal = failure = err = log = msg
+
+
+_LINES = _Lines()
+
+
+def _lines_factory(*_: object) -> _Lines:
+    return _LINES
+
+
+class _Handler(logging.Handler):
+    """Stdlib records (arq, uvicorn, asyncio), formatted by the same processor chain and renderer as structlog's own
+    lines, written through the same writer."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            _LINES.msg(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+
+def _dumps(obj: object, default: Callable[[object], object]) -> str:
+    """JSON of a line's event dict, compact, by orjson; a value orjson refuses (an int past 64 bits) falls back to
+    the standard library for that line, compact too, rather than lose the line."""
+    try:
+        return orjson.dumps(obj, default=default, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:
+        return json.dumps(obj, default=default, separators=(",", ":"))
+
+
 def configure(settings: Settings, stream: object = None) -> None:
-    """Configure structlog and stdlib logging for this process. Idempotent: a second call reconfigures."""
-    out = stream or sys.stderr
+    """Configure structlog and stdlib logging for this process. Idempotent: a second call reconfigures.
+
+    structlog's own lines (every ``log.info(...)`` of creditq's) never pass through stdlib ``logging``: their level
+    is filtered before any processor runs (``make_filtering_bound_logger``), then the processors and the renderer
+    run and the line is written. Stdlib records take the same processors (``foreign_pre_chain``) and renderer
+    through a ``ProcessorFormatter``. Both write through one writer to ``stream`` (stderr by default)."""
+    out = cast(TextIO, stream or sys.stderr)
     fmt = settings.log_format
     if fmt == "auto":
         fmt = "console" if getattr(out, "isatty", lambda: False)() else "json"
     renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
+        structlog.processors.JSONRenderer(serializer=_dumps)
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
     )
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -95,20 +162,21 @@ def configure(settings: Settings, stream: object = None) -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _drop_secrets,  # type: ignore[list-item]
     ]
+    # JSON lines carry the traceback as data; the console renderer prints it as text by itself.
+    tracebacks: list[structlog.types.Processor] = [_TRACEBACKS, _scrub_exception] if fmt == "json" else []  # type: ignore[list-item]
     level = getattr(logging, settings.log_level.upper())
+    _LINES.stream = out
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        logger_factory=structlog.stdlib.LoggerFactory(),
+        processors=[*shared, *tracebacks, renderer],
+        logger_factory=_lines_factory,
         wrapper_class=structlog.make_filtering_bound_logger(level),
         cache_logger_on_first_use=True,
     )
-    # JSON lines carry the traceback as data; the console renderer prints it as text by itself.
-    tracebacks: list[structlog.types.Processor] = [_TRACEBACKS, _scrub_exception] if fmt == "json" else []  # type: ignore[list-item]
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tracebacks, renderer],
     )
-    handler = logging.StreamHandler(out)  # type: ignore[arg-type]
+    handler = _Handler()
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]

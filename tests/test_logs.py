@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import io
 import json
+import logging
 import time
 from typing import Any
 
@@ -59,6 +60,38 @@ def test_redaction_of_secret_keys_and_secret_looking_values(settings: Settings) 
     assert "t0ps3cret" not in text and "0123456789abcdefghijklmnop" not in text
     assert line["url"] == "https://example.com/hook?task=t1&token=[redacted]"
     assert line["api_key"] == "[redacted]"
+
+
+def test_structlog_and_stdlib_lines_share_one_format_and_one_level(settings: Settings) -> None:
+    """creditq's own lines (rendered by structlog, never through stdlib logging) and a library's stdlib records
+    come out as the same JSON lines, with the same keys, context and scrubbing; CREDITQ_LOG_LEVEL drops lines of
+    both below it; a stream that cannot be written loses the line and never fails the caller."""
+    stream = io.StringIO()
+    configure(dataclasses.replace(settings, log_format="json", log_level="warning"), stream)
+    structlog.configure(cache_logger_on_first_use=False)  # this test's level must not stay with a cached logger
+    try:
+        log = structlog.get_logger("creditq.test")
+        lib = logging.getLogger("arq.worker")
+        with structlog.contextvars.bound_contextvars(request_id="req-one-format"):
+            log.info("hidden.own")
+            lib.info("hidden %s", "stdlib")
+            log.warning("own.line", url="https://x.example/cb?token=t0ps3cret")
+            lib.warning("stdlib line at https://x.example/cb?token=t0ps3cret")
+        closed = io.StringIO()
+        configure(dataclasses.replace(settings, log_format="json"), closed)
+        closed.close()
+        log.info("lost.line")
+        lib.warning("lost too")
+    finally:
+        configure(settings)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [x["event"] for x in lines] == ["own.line", "stdlib line at https://x.example/cb?token=[redacted]"]
+    assert [sorted(x) for x in lines] == [
+        ["event", "level", "request_id", "timestamp", "url"],
+        ["event", "level", "request_id", "timestamp"],
+    ]
+    assert all(x["level"] == "warning" and x["request_id"] == "req-one-format" for x in lines)
+    assert lines[0]["url"] == "https://x.example/cb?token=[redacted]"
 
 
 @pytest.mark.slow
