@@ -280,10 +280,18 @@ def provider_hint_key(settings: Settings, task_id: str) -> str:
     return redis_keys.provider_hint(settings.queue_name, task_id)
 
 
+def provider_note(settings: Settings, task_id: str, provider_task_id: str) -> tuple[str, str, int]:
+    """The note that ``provider_task_id`` may be ``task_id``'s provider task, as (Redis key, value, seconds to
+    keep it): what :func:`note_provider_task` writes, for a caller that writes it along with something else
+    (the worker, with the create's budget token: ``ProviderBudget.done(..., note=...)``)."""
+    return provider_hint_key(settings, task_id), provider_task_id, PROVIDER_HINT_SECONDS
+
+
 async def note_provider_task(redis: Redis, settings: Settings, task_id: str, provider_task_id: str) -> None:
     """Note that ``provider_task_id`` may be ``task_id``'s provider task (kept a day). Idempotent; the last
     note wins. Raises redis errors (callers treat the note as best effort)."""
-    await redis.set(provider_hint_key(settings, task_id), provider_task_id, ex=PROVIDER_HINT_SECONDS)
+    key, value, seconds = provider_note(settings, task_id, provider_task_id)
+    await redis.set(key, value, ex=seconds)
 
 
 async def noted_provider_task(redis: Redis, settings: Settings, task_id: str) -> str | None:

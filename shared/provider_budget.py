@@ -91,10 +91,55 @@ def key_id(settings: Settings, api_key: str | None = None) -> str:
 
 _CANCEL = "return redis.call('ZREM', KEYS[1], ARGV[1])"
 
+# A create slot on the first key, from a given start, whose circuit is closed and whose window has room: the
+# circuit checks and the take in one round trip, whatever the number of keys. KEYS: circuit 1, create log 1,
+# circuit 2, create log 2, ... ARGV: limit, window (µs), member, flight (µs), the key to start from (1-based).
+# Returns {i, 0}: granted on key i (logged as in flight); {0, µs}: every closed key is full, a slot may free in
+# that many µs; {0, -1}: every circuit is open.
+_TAKE_CREATE = """
+local limit = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local n = #KEYS / 2
+local start = tonumber(ARGV[5])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local shortest = -1
+for j = 0, n - 1 do
+    local i = (start - 1 + j) % n + 1
+    if redis.call('EXISTS', KEYS[2 * i - 1]) == 0 then
+        local log = KEYS[2 * i]
+        redis.call('ZREMRANGEBYSCORE', log, '-inf', now - window)
+        if redis.call('ZCARD', log) < limit then
+            local flight = tonumber(ARGV[4])
+            redis.call('ZADD', log, now + flight, ARGV[3])
+            redis.call('PEXPIRE', log, math.ceil((window + flight) / 1000) + 1000)
+            return {i, 0}
+        end
+        local oldest = redis.call('ZRANGE', log, 0, 0, 'WITHSCORES')
+        local wait = math.max(1, math.min(tonumber(oldest[2]), now) + window - now)
+        if shortest < 0 or wait < shortest then
+            shortest = wait
+        end
+    end
+end
+return {0, shortest}
+"""
+
+# KEYS[1]: the log, KEYS[2]: the provider-id note. ARGV: the member, the provider's task id, the note's lifetime
+# (s). The create answered now (as _DONE) and named its task: noted in the same round trip.
+_DONE_NOTED = """
+local t = redis.call('TIME')
+redis.call('ZADD', KEYS[1], 'XX', 'LT', tonumber(t[1]) * 1000000 + tonumber(t[2]), ARGV[1])
+redis.call('SET', KEYS[2], ARGV[2], 'EX', tonumber(ARGV[3]))
+return 0
+"""
+
 _sliding_window = Script(_SLIDING_WINDOW)
 _done = Script(_DONE)
 _usage = Script(_USAGE)
 _cancel = Script(_CANCEL)
+_take_create = Script(_TAKE_CREATE)
+_done_noted = Script(_DONE_NOTED)
 
 
 class ProviderBudget:
@@ -114,6 +159,23 @@ class ProviderBudget:
         }
         self._flight_us = int(settings.kie_timeout * 1_000_000)
 
+    def log(self, kind: Kind) -> str:
+        """The Redis key of ``kind``'s sliding-window log."""
+        return self._limits[kind][0]
+
+    def limit(self, kind: Kind) -> int:
+        """Calls of ``kind`` allowed per window."""
+        return self._limits[kind][1]
+
+    def window(self, kind: Kind) -> float:
+        """``kind``'s window in seconds, as counted (padded beyond the provider's, see the module docstring)."""
+        return self._limits[kind][2]
+
+    @property
+    def flight_us(self) -> int:
+        """How long (µs) a grant taken with a token counts as in flight before :meth:`done`: ``KIE_TIMEOUT``."""
+        return self._flight_us
+
     @staticmethod
     def new_token() -> str:
         """A token naming one call, for :meth:`try_acquire` and :meth:`done`."""
@@ -130,10 +192,16 @@ class ProviderBudget:
         micros = await _sliding_window(self._redis, [key], [limit, int(window * 1_000_000), member, flight])
         return int(micros) / 1_000_000
 
-    async def done(self, kind: Kind, token: str) -> None:
+    async def done(self, kind: Kind, token: str, note: tuple[str, str, int] | None = None) -> None:
         """The call granted under ``token`` has its answer: count it from now, not from the latest time it could
-        have arrived. Idempotent. Raises redis errors (then the slot frees after ``KIE_TIMEOUT`` + window)."""
-        await _done(self._redis, [self._limits[kind][0]], [token])
+        have arrived. ``note`` (Redis key, value, seconds): also set that key, in the same round trip (a create
+        names its provider task id: :func:`shared.provider.provider_note`). Idempotent. Raises redis errors
+        (then the slot frees after ``KIE_TIMEOUT`` + window, and the note is not written)."""
+        log = self._limits[kind][0]
+        if note is None:
+            await _done(self._redis, [log], [token])
+        else:
+            await _done_noted(self._redis, [log, note[0]], [token, note[1], note[2]])
 
     async def cancel(self, kind: Kind, token: str) -> None:
         """The call granted under ``token`` was never sent: give its slot back. Idempotent; raises redis errors."""
@@ -248,6 +316,7 @@ class KeyRing:
     status queries go to the key that created it."""
 
     def __init__(self, redis: Redis, settings: Settings) -> None:
+        self._redis = redis
         self.keys = [
             ProviderKey(k, key_id(settings, k), ProviderBudget(redis, settings, k), Circuit(redis, settings, k))
             for k in settings.provider_keys
@@ -272,20 +341,21 @@ class KeyRing:
 
     async def take_create(self, max_wait: float, token: str) -> tuple[ProviderKey | None, float]:
         """A create slot on some key whose circuit is closed: (key, 0.0), logged in flight under ``token``.
-        Else (None, seconds until one may free): ``inf`` when every circuit is open. Waits in jittered steps up
-        to ``max_wait`` seconds. Raises redis errors."""
+        Else (None, seconds until one may free): ``inf`` when every circuit is open. Starts from a random key,
+        so that the keys share the load. One Redis round trip per attempt (the circuits and the take in one
+        script); waits in jittered steps up to ``max_wait`` seconds. Raises redis errors."""
+        first = self.keys[0].budget
+        keys = [k for key in self.keys for k in (key.circuit.key, key.budget.log("create"))]
+        limit, window, flight = first.limit("create"), int(first.window("create") * 1_000_000), first.flight_us
         deadline = time.monotonic() + max_wait
         while True:
-            closed = [k for k in self.keys if not await k.circuit.is_open()]
-            if not closed:
+            start = random.randrange(len(self.keys)) + 1
+            index, micros = await _take_create(self._redis, keys, [limit, window, token, flight, start])
+            if int(index) > 0:
+                return self.keys[int(index) - 1], 0.0
+            if int(micros) < 0:
                 return None, math.inf
-            start = random.randrange(len(closed))
-            shortest = math.inf
-            for k in closed[start:] + closed[:start]:
-                wait = await k.budget.try_acquire("create", token)
-                if wait <= 0:
-                    return k, 0.0
-                shortest = min(shortest, wait)
+            shortest = int(micros) / 1_000_000
             left = deadline - time.monotonic()
             if shortest > left:
                 return None, shortest

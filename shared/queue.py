@@ -75,25 +75,49 @@ class JobWrite:
         return [job_key_prefix + self.job_id, result_key_prefix + self.job_id, self.queue_name]
 
 
+# The Lua function that writes a JobWrite, for the scripts that queue a job with their own bookkeeping in one
+# round trip (the submit's admission, the poke): what ``ArqRedis.enqueue_job`` does in its WATCH / EXISTS /
+# MULTI...EXEC, atomically since a script is. Returns 1 when written, 0 when a job or a result of that id exists.
+WRITE_JOB_LUA = """
+local function write_job(job_key, result_key, queue, job_id, data, score, expires)
+    if redis.call('EXISTS', job_key, result_key) > 0 then
+        return 0
+    end
+    redis.call('PSETEX', job_key, expires, data)
+    redis.call('ZADD', queue, score, job_id)
+    return 1
+end
+"""
+
+
+def _job(arq: ArqRedis, settings: Settings, job_id: str, args: tuple[object, ...], score_ms: int) -> JobWrite:
+    """A step job with ``args`` due at ``score_ms``, as ``enqueue_job`` would serialize and keep it."""
+    now = timestamp_ms()
+    data = serialize_job(STEP_FUNCTION, args, {}, None, now, serializer=arq.job_serializer)
+    return JobWrite(job_id, settings.queue_name, data, score_ms, score_ms - now + arq.expires_extra_ms)
+
+
 def step_job(arq: ArqRedis, settings: Settings, task_id: str) -> JobWrite:
     """The task's step job, due now, as :func:`enqueue` would write it (no Redis call). Pure but for the clock."""
-    now = timestamp_ms()
-    data = serialize_job(STEP_FUNCTION, (task_id,), {}, None, now, serializer=arq.job_serializer)
-    return JobWrite(redis_keys.step_job_id(task_id), settings.queue_name, data, now, arq.expires_extra_ms)
+    return _job(arq, settings, redis_keys.step_job_id(task_id), (task_id,), timestamp_ms())
 
 
 # The poke gate of one task: the time (ms, Redis's clock) of the last poke it let through or scheduled. A poke at
 # least a window after it goes now; one within the window schedules a single poke at the window's end; further
 # ones, while that scheduled poke is still ahead, coalesce into it. So whatever the number of callbacks, a task
 # gets at most one poke per window, and the last callback of a burst is looked at within a window.
-_POKE_GATE = """
+# A poke let through is queued by the script itself (KEYS 2-4 and ARGV 2-5: the immediate poke's JobWrite), so
+# the usual callback costs one round trip; it answers {0, 1 if written}.
+_POKE_GATE = (
+    WRITE_JOB_LUA
+    + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local window = tonumber(ARGV[1])
 local last = tonumber(redis.call('GET', KEYS[1]) or '-1')
 if last < 0 or now >= last + window then
   redis.call('SET', KEYS[1], now, 'PX', window * 3)
-  return {0, now}
+  return {0, write_job(KEYS[2], KEYS[3], KEYS[4], ARGV[2], ARGV[3], ARGV[4], ARGV[5])}
 end
 if last > now then
   return {-1, last}
@@ -101,6 +125,7 @@ end
 redis.call('SET', KEYS[1], last + window, 'PX', window * 3)
 return {last + window, now}
 """
+)
 _poke_gate = Script(_POKE_GATE)
 # A poke that finds the task still pending looks again this many times, 2-3 s apart (the callback may come a
 # moment before the record shows the outcome). A scheduled (coalesced) poke runs a window after the callbacks it
@@ -119,29 +144,24 @@ async def poke(arq: ArqRedis, settings: Settings, task_id: str) -> bool:
     before every job that became due after it: workers take due jobs oldest score first, and a callback should
     not wait behind a burst of creates (BENCHMARKS.md). Raises redis errors (the caller answers 503)."""
     window_ms = max(1, round(settings.poke_seconds * 1000))
-    at_ms, _ = await _poke_gate(arq, [redis_keys.poke_gate(settings.queue_name, task_id)], [window_ms])
+    head_start_ms = int(POKE_HEAD_START.total_seconds() * 1000)
+    now = _job(arq, settings, redis_keys.poke_job_id(task_id), (task_id, True), timestamp_ms() - head_start_ms)
+    keys = [redis_keys.poke_gate(settings.queue_name, task_id), *now.keys]
+    at_ms, written = await _poke_gate(arq, keys, [window_ms, now.job_id, now.data, now.score_ms, now.expires_ms])
     at_ms = int(at_ms)
     if at_ms < 0:
         return False
     if at_ms == 0:
-        job = await arq.enqueue_job(
-            STEP_FUNCTION,
-            task_id,
-            True,
-            _job_id=redis_keys.poke_job_id(task_id),
-            _queue_name=settings.queue_name,
-            _defer_until=datetime.now(UTC) - POKE_HEAD_START,
-        )
-    else:
-        job = await arq.enqueue_job(
-            STEP_FUNCTION,
-            task_id,
-            True,
-            _job_id=redis_keys.scheduled_poke_job_id(task_id, at_ms),
-            _queue_name=settings.queue_name,
-            _defer_until=datetime.fromtimestamp(at_ms / 1000, UTC),
-            _job_try=POKE_RECHECKS + 1,
-        )
+        return bool(written)
+    job = await arq.enqueue_job(
+        STEP_FUNCTION,
+        task_id,
+        True,
+        _job_id=redis_keys.scheduled_poke_job_id(task_id, at_ms),
+        _queue_name=settings.queue_name,
+        _defer_until=datetime.fromtimestamp(at_ms / 1000, UTC),
+        _job_try=POKE_RECHECKS + 1,
+    )
     return job is not None
 
 

@@ -35,7 +35,7 @@ from shared.config import Settings
 from shared.errors import RateLimited
 from shared.lua import Script
 from shared.pricing import Tier
-from shared.queue import JobWrite
+from shared.queue import WRITE_JOB_LUA, JobWrite
 
 # A reservation older than this is pending no more: its API process died between reserve and commit.
 PENDING_MS = 30_000
@@ -127,7 +127,9 @@ return redis.call('ZREM', KEYS[1], ARGV[1])
 # with its expiry, queue entry with its score) unless a job or result of that id exists (arq's uniqueness).
 # KEYS: live, pending, daily, cooldown (unused), arq job key, arq result key, arq queue.
 # ARGV: task, mode, lifetime ms, arq job id, job bytes, score ms, job key expiry ms. Returns 1 if enqueued.
-_ADMIT = """
+_ADMIT = (
+    WRITE_JOB_LUA
+    + """
 local task = ARGV[1]
 if ARGV[2] == 'confirm' then
     redis.call('ZREM', KEYS[2], task)
@@ -152,13 +154,9 @@ else
         redis.call('EXPIRE', KEYS[3], 172800)
     end
 end
-if redis.call('EXISTS', KEYS[5], KEYS[6]) > 0 then
-    return 0
-end
-redis.call('PSETEX', KEYS[5], ARGV[7], ARGV[5])
-redis.call('ZADD', KEYS[7], ARGV[6], ARGV[4])
-return 1
+return write_job(KEYS[5], KEYS[6], KEYS[7], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
 """
+)
 
 # The task ended: free its live slot, and drop its step job (the deferred safety-net look it no longer needs)
 # unless that job is running now (arq's in-progress key: the job ends by itself). KEYS: live, pending, arq queue,

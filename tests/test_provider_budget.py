@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import random
 import time
 import uuid
@@ -11,7 +12,8 @@ import uuid
 import redis.asyncio as aioredis
 
 from shared.config import Settings
-from shared.provider_budget import Circuit, ProviderBudget, key_id
+from shared.provider import PROVIDER_HINT_SECONDS, noted_provider_task, provider_hint_key, provider_note
+from shared.provider_budget import Circuit, KeyRing, ProviderBudget, key_id
 
 
 def _isolated(settings: Settings, **changes: object) -> Settings:
@@ -137,5 +139,52 @@ async def test_circuit(settings: Settings) -> None:
         assert not await c.is_open()  # the cool-down closes it by itself
         await c.open("provider_out_of_credits", 30)
         assert await c.close() and not await c.is_open() and not await c.close()
+    finally:
+        await r.aclose()
+
+
+async def test_take_create_skips_open_circuits_and_spreads_over_the_keys(settings: Settings) -> None:
+    """One script takes the create slot: a key whose circuit is open is never chosen, the others share the
+    creates, a full ring says how long to wait, and every circuit open says "never" (inf)."""
+    s = _isolated(settings, kie_api_keys=("kie-a", "kie-b", "kie-c"), kie_create_limit=4, kie_create_window=30.0)
+    r = aioredis.Redis.from_url(s.redis_url)
+    try:
+        ring = KeyRing(r, s)
+        a, b, c = ring.keys
+        await b.circuit.open("provider_out_of_credits", 30)
+        taken: list[str] = []
+        for _ in range(8):
+            key, wait = await ring.take_create(0.0, ProviderBudget.new_token())
+            assert key is not None and wait == 0.0
+            taken.append(key.id)
+        # Both closed keys filled to their limit (4 each), the open one never used.
+        assert sorted(taken) == sorted([a.id] * 4 + [c.id] * 4)
+        assert (await b.budget.usage())["create"][0] == 0
+        key, wait = await ring.take_create(0.0, ProviderBudget.new_token())
+        assert key is None and 25.0 < wait <= 32.0
+        await a.circuit.open("provider_usage_cap", 30)
+        await c.circuit.open("provider_unauthorized", 30)
+        assert await ring.take_create(0.0, ProviderBudget.new_token()) == (None, math.inf)
+        await b.circuit.close()
+        key, wait = await ring.take_create(0.0, ProviderBudget.new_token())
+        assert key is b and wait == 0.0
+    finally:
+        await r.aclose()
+
+
+async def test_done_with_a_note_writes_both(settings: Settings) -> None:
+    """The create's answer time and its provider-id note go in one round trip: both are there after it."""
+    s = _isolated(settings, kie_create_limit=1, kie_create_window=30.0, kie_timeout=60.0)
+    r = aioredis.Redis.from_url(s.redis_url)
+    try:
+        budget = ProviderBudget(r, s)
+        token = budget.new_token()
+        assert await budget.try_acquire("create", token) == 0.0
+        in_flight = await r.zscore(budget.log("create"), token)
+        await budget.done("create", token, note=provider_note(s, "task_x", "prov-1"))
+        answered = await r.zscore(budget.log("create"), token)
+        assert in_flight is not None and answered is not None and answered < in_flight - 50_000_000
+        assert await noted_provider_task(r, s, "task_x") == "prov-1"
+        assert 0 < await r.ttl(provider_hint_key(s, "task_x")) <= PROVIDER_HINT_SECONDS
     finally:
         await r.aclose()

@@ -228,11 +228,15 @@ async def test_step_twice_settles_once(
     await asyncio.sleep(0.1)
     ends = await asyncio.gather(_run_step(rt, task_id, True), _run_step(rt, task_id, True))
     assert list(ends) == ["succeeded", "succeeded"]
-    # And once more, late, as a re-run after a crash would.
+    # And once more, late, as a re-run after a crash would: a first try, so it takes the create fast path
+    # (token, then claim), finds the task ended and gives its create token back.
     assert await _run_step(rt, task_id) == "succeeded"
     assert await entries(pool, task_id) == ["hold", "capture"]
     assert await account_state(pool, acct.id) == (6, 0)
     assert sim_stats(sim.url)["creates"] == 1
+    # One create was sent; the tokens of the steps that found nothing to create (the second first step, the
+    # late re-run) are not counted against the provider's limit.
+    assert (await rt.keys.first.budget.usage())["create"][0] == 1
     await clean_audit(pool, [acct.id])
     # One end, one webhook in the outbox (written with the settlement); delivered, it carries the task view.
     (delivery,) = await outbox.for_task(pool, task_id)

@@ -47,6 +47,7 @@ import math
 import random
 import time
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import quote
@@ -67,7 +68,7 @@ from shared.errors import (
 )
 from shared.ledger import tasks
 from shared.pricing import Model
-from shared.provider import CreateOutcomeUnknown, ProviderStatus, note_provider_task, noted_provider_task
+from shared.provider import CreateOutcomeUnknown, ProviderStatus, noted_provider_task, provider_note
 from shared.provider_budget import Kind, ProviderKey
 from worker import health, schedule
 from worker.runtime import Runtime
@@ -149,6 +150,18 @@ def _outage_over(rt: Runtime) -> None:
 
 
 async def _step(rt: Runtime, task_id: str, poked: bool, job_try: int) -> str:
+    taken: _Taken | None = None
+    if job_try == 1 and not poked:
+        # A job's first run is nearly always its task's create (the API queued it a moment ago): the create
+        # token, then the claim, which returns the task, so the task is not read before. A task that turns out
+        # not to be queued (a job the sweeper queued again) gives its token back and goes the general way.
+        taken = await _take_create(rt, rt.budget.new_token())
+        if taken.key is not None:
+            claimed = await tasks.claim_submit(rt.pool, task_id, taken.key.id)
+            if claimed is not None:
+                return await _create(rt, claimed, rt.model(claimed), taken.key, taken.token)
+            await _give_back(taken)
+            taken = None
     try:
         task = await tasks.get(rt.pool, task_id)
     except NotFound:
@@ -162,20 +175,25 @@ async def _step(rt: Runtime, task_id: str, poked: bool, job_try: int) -> str:
     if _until(task["deadline_at"]) <= 0:
         return await end_overdue(rt, task, tlog, may_wait=True)
     if task["status"] == "queued":
-        return await _submit(rt, task, model, tlog)
+        return await _submit(rt, task, model, tlog, taken)
     return await _poll(rt, task, model, tlog, poked, job_try)
 
 
 # --- queued ---------------------------------------------------------------------------------------------------
 
 
-async def _submit(rt: Runtime, task: asyncpg.Record, model: Model, tlog: Log) -> str:
+async def _submit(rt: Runtime, task: asyncpg.Record, model: Model, tlog: Log, taken: _Taken | None) -> str:
+    """A queued task: recover an interrupted create, or take a create token (``taken``: the one this step's fast
+    path already tried for, see :func:`_step`), claim the create with its key and create."""
     task_id = task["id"]
     if task["submit_started_at"] is not None:
+        if taken is not None:
+            await _give_back(taken)
         return await _interrupted(rt, task, model, tlog)
     # The token comes first: it says which key creates, and the claim records that key with the intent.
-    token = rt.budget.new_token()
-    key, wait = await _take_create(rt, token)
+    if taken is None:
+        taken = await _take_create(rt, rt.budget.new_token())
+    key, wait = taken.key, taken.wait
     if key is None:
         if math.isinf(wait):  # every key's circuit is open: the task stays queued, nothing is failed for it
             await _later(rt, task, random.uniform(*CIRCUIT_RECHECK), write=True)
@@ -183,13 +201,25 @@ async def _submit(rt: Runtime, task: asyncpg.Record, model: Model, tlog: Log) ->
     claimed = await tasks.claim_submit(rt.pool, task_id, key.id)
     if claimed is None:
         # Another step holds the claim (or the task just left queued): the next look sees which.
-        with contextlib.suppress(RedisError, OSError):
-            await key.budget.cancel("create", token)
+        await _give_back(taken)
         _retry(task, 1.0)
-    tlog = tlog.bind(provider_key=key.id)
+    return await _create(rt, claimed, model, key, taken.token)
+
+
+async def _create(rt: Runtime, task: asyncpg.Record, model: Model, key: ProviderKey, token: str) -> str:
+    """The create of a task this step has claimed (``task``: the row as the claim returned it) with ``key``,
+    under the create token ``token``: success → running (the provider's task id noted in Redis as the token is
+    given back, one round trip, then recorded in Postgres); the refusals and errors as the module docstring
+    says."""
+    task_id = task["id"]
+    tlog = settlement.bound(task).bind(provider_key=key.id)
     try:
-        create = rt.provider.create(model, dict(task["input"]), _callback_url(rt, task), key.secret)
-        provider_task_id = await _called(key, "create", token, create)
+        try:
+            create = rt.provider.create(model, dict(task["input"]), _callback_url(rt, task), key.secret)
+            provider_task_id = await create
+        except BaseException:
+            await _done(key, "create", token)
+            raise
     except CreateOutcomeUnknown as e:
         # Maybe created: keep the intent so that nobody creates it again (see the module docstring).
         tlog.warning("task.create_unknown", error=e.message)
@@ -210,16 +240,17 @@ async def _submit(rt: Runtime, task: asyncpg.Record, model: Model, tlog: Log) ->
             tlog.warning("circuit.open", reason=reason, error=e.message)
         _retry(task, delay)
     except ProviderTransient as e:
-        delay = max(e.retry_after or 0.0, schedule.backoff(int(claimed["submit_attempts"])))
+        delay = max(e.retry_after or 0.0, schedule.backoff(int(task["submit_attempts"])))
         delay = schedule.bounded(delay, _until(task["deadline_at"]))
         await tasks.abandon_submit(rt.pool, task_id, _at(delay))
         await health.note_transient(rt, task_id, e)
         tlog.info("task.create_retry", error=e.message, retry_in=round(delay, 1))
         raise Retry(defer=delay) from None
     tlog = tlog.bind(provider_task_id=provider_task_id)
+    # The answer's time for the budget and the provider's task id for a recovery, in one round trip, before
+    # the id is recorded in Postgres (a crash in between is what the note is for).
+    await _done(key, "create", token, note=provider_note(rt.settings, task_id, provider_task_id))
     await health.note_reached(rt)
-    with contextlib.suppress(RedisError, OSError):
-        await note_provider_task(rt.redis, rt.settings, task_id, provider_task_id)
     first = schedule.first_check(rt.settings.callbacks_enabled, model.typical_seconds)
     if not await tasks.mark_running(rt.pool, task_id, provider_task_id, _at(first)):
         # Only the deadline sweep can settle a task whose create is in flight: it was refunded already.
@@ -484,14 +515,32 @@ async def _take(key: ProviderKey, kind: Kind, max_wait: float, token: str) -> fl
     return wait
 
 
-async def _take_create(rt: Runtime, token: str) -> tuple[ProviderKey | None, float]:
-    """A create slot on a key whose circuit is closed: (key, 0.0); else (None, seconds to wait), ``inf`` when
-    every key's circuit is open. Counted for /metrics."""
+@dataclass(frozen=True, slots=True)
+class _Taken:
+    """What a try for a create token gave: the key whose slot was taken under ``token`` (None: no key had room,
+    for ``wait`` seconds, ``inf`` when every key's circuit is open)."""
+
+    token: str
+    key: ProviderKey | None
+    wait: float
+
+
+async def _take_create(rt: Runtime, token: str) -> _Taken:
+    """A create slot on a key whose circuit is closed, waiting up to :data:`CREATE_TOKEN_WAIT`. Counted for
+    /metrics. Raises redis errors."""
     started = time.monotonic()
     key, wait = await rt.keys.take_create(CREATE_TOKEN_WAIT, token)
     if not math.isinf(wait):
         _count_wait("create", wait, time.monotonic() - started)
-    return key, wait
+    return _Taken(token, key, wait)
+
+
+async def _give_back(taken: _Taken) -> None:
+    """The create token was taken for nothing (the task cannot be created now): its slot is freed at once.
+    Best effort: a slot not given back frees itself after ``KIE_TIMEOUT`` and the window."""
+    if taken.key is not None:
+        with contextlib.suppress(RedisError, OSError):
+            await taken.key.budget.cancel("create", taken.token)
 
 
 def _count_wait(kind: Kind, wait: float, waited: float) -> None:
@@ -503,10 +552,11 @@ def _count_wait(kind: Kind, wait: float, waited: float) -> None:
         metrics.BUDGET_WAIT_SECONDS.labels(kind).observe(waited)
 
 
-async def _done(key: ProviderKey, kind: Kind, token: str) -> None:
-    # Best effort: an entry left "in flight" frees its slot by itself after KIE_TIMEOUT.
+async def _done(key: ProviderKey, kind: Kind, token: str, note: tuple[str, str, int] | None = None) -> None:
+    # Best effort: an entry left "in flight" frees its slot by itself after KIE_TIMEOUT, and a lost note only
+    # means that a crash before the task's id is recorded ends in the slower recovery (module docstring).
     with contextlib.suppress(RedisError, OSError):
-        await key.budget.done(kind, token)
+        await key.budget.done(kind, token, note)
 
 
 def _now() -> datetime:

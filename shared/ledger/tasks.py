@@ -465,12 +465,13 @@ async def claim_submit(conn: Conn, task_id: str, provider_key: str | None = None
     """Record the intent to create the provider task, with the public id of the provider key that will create it
     (its status queries use the same key, and so does a recovery after a crash mid-create). Returns the task if
     this caller won the claim, None if the task is not queued, already has a provider task, or has an intent in
-    flight (maybe from a crashed worker)."""
+    flight (maybe from a crashed worker), or is past its deadline (its ending is the deadline's). The row it
+    returns is the whole task, so a caller need not read the task before claiming it."""
     return await conn.fetchrow(
         "UPDATE tasks SET submit_started_at = now(), submit_attempts = submit_attempts + 1, updated_at = now(), "
         "provider_key = coalesce($2, provider_key) "
         "WHERE id = $1 AND status = 'queued' AND submit_started_at IS NULL AND provider_task_id IS NULL "
-        "RETURNING *",
+        "AND deadline_at > now() RETURNING *",
         task_id,
         provider_key,
     )
