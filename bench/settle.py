@@ -163,6 +163,24 @@ async def complete_times(sim_url: str, provider_ids: list[str]) -> dict[str, flo
     return out
 
 
+async def round_trips(database_url: str, redis_url: str) -> tuple[int, int]:
+    """(Redis commands the server has run, Postgres transactions committed in the bench database) so far: read
+    before and after a batch, their difference over the tasks is what a settled task costs in round trips
+    (Redis: every command of every client, the bench's own few included; a script counts once, as EVALSHA)."""
+    r = aioredis.Redis.from_url(redis_url)
+    try:
+        stats = await r.info("commandstats")
+    finally:
+        await r.aclose()
+    commands = sum(int(v["calls"]) for k, v in stats.items() if k != "cmdstat_info")
+    conn = await asyncpg.connect(database_url)
+    try:
+        xacts = int(await conn.fetchval("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"))
+    finally:
+        await conn.close()
+    return commands, xacts
+
+
 def sim_stats(sim: Proc) -> dict[str, Any]:
     s = httpx.get(sim.url + "/__sim/stats", timeout=30).json()
     return {k: v for k, v in s.items() if k != "tasks"}
@@ -189,12 +207,16 @@ def one_batch(
     t0 = time.time() + 0.5 + n / 4000
     due = [t0 + spread_seconds * i / n for i in range(n)]
     stats0 = sim_stats(sim)
+    time.sleep(1.2)
+    trips0 = asyncio.run(round_trips(bench.database_url, bench.redis_url))
     cpu0 = cpu_seconds(worker.pid)
     api_cpu0 = cpu_seconds(api.pid) if api else 0.0
     queued_by = asyncio.run(enqueue_at(settings, ids, due))
     rows = asyncio.run(wait_settled(bench.database_url, ids, timeout=120 + spread_seconds))
     cpu = cpu_seconds(worker.pid) - cpu0
     api_cpu = (cpu_seconds(api.pid) - api_cpu0) if api else 0.0
+    time.sleep(1.2)  # Postgres backends publish their transaction counts within a second of going idle
+    trips1 = asyncio.run(round_trips(bench.database_url, bench.redis_url))
     stats = _delta(stats0, sim_stats(sim))
     done = [r["finished"] for r in rows if r["finished"] is not None]
     statuses: dict[str, int] = {}
@@ -222,6 +244,9 @@ def one_batch(
         "worker_cpu_us_per_task": round(cpu / max(1, len(done)) * 1e6),
         "worker_cpu_share": round(cpu / max(0.001, (max(done) - t0) if done else 1), 3),
         "api_cpu_us_per_task": round(api_cpu / max(1, len(done)) * 1e6) if api else None,
+        # The bench's own inserts, enqueues and reads are counted too: a few per task at most.
+        "redis_commands_per_task": round((trips1[0] - trips0[0]) / max(1, n), 1),
+        "pg_commits_per_task": round((trips1[1] - trips0[1]) / max(1, n), 1),
         "provider": stats,
         "queries_per_task": round(stats.get("queries", 0) / max(1, n), 2),
         "creates_per_task": round(stats.get("creates", 0) / max(1, n), 2),
@@ -273,6 +298,8 @@ def run(bench: Bench, cfg: SettleConfig, accounts: int) -> dict[str, Any]:
                     log(
                         f"settle {mode} burst rep {rep + 1}/{cfg.reps} ({n} tasks): {b['rate']:.0f} tasks/s "
                         f"(wall {b['wall_rate']:.0f}/s), worker {b['worker_cpu_us_per_task']} µs CPU/task, "
+                        f"{b['redis_commands_per_task']} Redis commands and {b['pg_commits_per_task']} Postgres "
+                        "commits per task, "
                         f"complete→settled p99 {b['complete_to_settled_p99_ms']:.0f} ms, {b['statuses']}"
                     )
                 # The paced runs start from an empty queue (no safety-net checks of the bursts left).
@@ -297,6 +324,8 @@ def run(bench: Bench, cfg: SettleConfig, accounts: int) -> dict[str, Any]:
                 "wall_rate": median([b["wall_rate"] for b in bursts]),
                 "ratio": ratio(rate, noop_rate),
                 "worker_cpu_us_per_task": median([b["worker_cpu_us_per_task"] for b in bursts]),
+                "redis_commands_per_task": median([b["redis_commands_per_task"] for b in bursts]),
+                "pg_commits_per_task": median([b["pg_commits_per_task"] for b in bursts]),
                 "queries_per_task": median([b["queries_per_task"] for b in bursts]),
                 "creates_per_task": median([b["creates_per_task"] for b in bursts]),
                 "burst_complete_to_settled_p50_ms": median([b["complete_to_settled_p50_ms"] for b in bursts]),

@@ -4,18 +4,22 @@ simulator does not produce (the protocol's "uncertain" variants)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
+import socket
+import struct
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
+from httpx_aiohttp import AiohttpTransport
 
 from shared.config import Settings
 from shared.errors import ProviderAccountRefused, ProviderOutOfCredits, ProviderPermanent, ProviderTransient
 from shared.pricing import Model
-from shared.provider import USER_AGENT, CreateOutcomeUnknown, ProviderClient, ProviderStatus
+from shared.provider import USER_AGENT, CreateOutcomeUnknown, ProviderClient, ProviderStatus, new_http_client
 from tests.conftest import Processes
 
 JOBS = Model("google/nano-banana", "image", "jobs", 4, 300, 8)
@@ -294,3 +298,61 @@ async def test_each_call_logged_without_the_key(settings: Settings) -> None:
     assert [e["event"] for e in logs] == ["kie.call"]
     assert logs[0]["endpoint"] == "/api/v1/jobs/createTask" and logs[0]["code"] == 200 and "ms" in logs[0]
     assert "sk-very-secret-key" not in repr(logs)
+
+
+# --- Faults of the connection itself, through the process's real client (aiohttp's pool under httpx) ---------
+
+
+@contextlib.asynccontextmanager
+async def _server(behaviour: str) -> AsyncIterator[str]:
+    """A TCP server on 127.0.0.1 that misbehaves as told: ``drop`` reads the request, then closes without a
+    word; ``reset`` reads it, then resets the connection; ``half`` answers a status line and headers, then
+    closes before the body it announced."""
+    got: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        got.append(await reader.readuntil(b"\r\n\r\n"))
+        if behaviour == "reset":
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        elif behaviour == "half":
+            writer.write(b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 400\r\n\r\n{"co')
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+    assert got, "the request reached the server"
+
+
+@pytest.mark.parametrize("behaviour", ["drop", "reset", "half"])
+async def test_a_create_lost_after_it_arrived_is_outcome_unknown(settings: Settings, behaviour: str) -> None:
+    """The request reached the provider and the connection died before an answer: the create may have made a
+    task, so it is CreateOutcomeUnknown (never sent again blindly), whatever the transport calls the error."""
+    async with _server(behaviour) as url:
+        client = ProviderClient(dataclasses.replace(settings, kie_base_url=url, kie_timeout=3))
+        try:
+            with pytest.raises(CreateOutcomeUnknown):
+                await client.create(JOBS, {"prompt": "p"}, None)
+            with pytest.raises(ProviderTransient) as info:  # a status query is merely tried again
+                await client.status(JOBS, "t")
+            assert not isinstance(info.value, CreateOutcomeUnknown)
+        finally:
+            await client.aclose()
+
+
+async def test_the_real_client_runs_on_aiohttp_unless_a_proxy_is_set(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    direct = new_http_client(settings)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    proxied = new_http_client(settings)
+    try:
+        assert isinstance(direct._transport, AiohttpTransport)
+        assert not isinstance(proxied._transport, AiohttpTransport)  # httpx's own, which honours the proxy
+    finally:
+        await direct.aclose()
+        await proxied.aclose()
