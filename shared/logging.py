@@ -17,6 +17,7 @@ as text on the console.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
@@ -140,6 +141,14 @@ def _dumps(obj: object, default: Callable[[object], object]) -> str:
         return json.dumps(obj, default=default, separators=(",", ":"))
 
 
+def _console_traceback(sio: TextIO, exc_info: structlog.typing.ExcInfo) -> None:
+    """A traceback on the console: plain text, without frame locals (structlog's default there is rich's, with
+    them, and a local may hold an API key or a token), scrubbed as every value is."""
+    buf = io.StringIO()
+    structlog.dev.plain_traceback(buf, exc_info)
+    sio.write(_scrub(buf.getvalue()))
+
+
 def configure(settings: Settings, stream: object = None) -> None:
     """Configure structlog and stdlib logging for this process. Idempotent: a second call reconfigures.
 
@@ -154,7 +163,7 @@ def configure(settings: Settings, stream: object = None) -> None:
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer(serializer=_dumps)
         if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=False)
+        else structlog.dev.ConsoleRenderer(colors=False, exception_formatter=_console_traceback)
     )
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,

@@ -211,3 +211,22 @@ async def test_a_500_logs_its_traceback_as_json_with_the_request_id(api_settings
     text = stream.getvalue()
     assert "t0ps3cret" not in text and "thisisalocalsecretvalue" not in text
     assert "exc_info" not in line
+
+
+def test_a_console_traceback_shows_no_locals_and_no_secrets(settings: Settings) -> None:
+    """On a terminal a traceback is plain text: no frame locals (one may hold a key) and scrubbed like any line."""
+    stream = io.StringIO()
+    configure(dataclasses.replace(settings, log_format="console"), stream)
+    structlog.configure(cache_logger_on_first_use=False)
+    try:
+        api_key = "cq_live_0123456789abcdefSECRET"  # a local of the failing frame
+        try:
+            raise RuntimeError(f"could not call https://x.example/cb?token=t0ps3cret with {len(api_key)}")
+        except RuntimeError:
+            structlog.get_logger("creditq.test").exception("step.error")
+    finally:
+        configure(settings)
+    out = stream.getvalue()
+    assert "step.error" in out and "Traceback (most recent call last)" in out and "RuntimeError" in out
+    assert "t0ps3cret" not in out and "token=[redacted]" in out
+    assert "0123456789abcdefSECRET" not in out  # the local's value is not printed
