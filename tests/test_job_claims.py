@@ -98,3 +98,23 @@ async def test_a_job_in_progress_elsewhere_or_not_due_is_left(own: Settings) -> 
         assert runs == ["mine"]
     finally:
         await worker.close()
+
+
+async def test_free_slots_are_filled_past_jobs_other_workers_hold(own: Settings) -> None:
+    """The candidates are looked at a few per free slot at a time: when the first ones are all in progress
+    elsewhere, the next ones are claimed, up to the free slots and no more."""
+    redis = await queue.connect(own)
+    runs: list[str] = []
+    worker = _worker(redis, own, runs, max_jobs=2)
+    try:
+        ids = [f"j{i:02d}" for i in range(40)]
+        for i in ids:
+            await queue.enqueue(redis, own, i)
+        for i in ids[:30]:
+            await redis.psetex(in_progress_key_prefix + f"task:{i}", 60_000, b"1")
+        await worker.start_jobs([f"task:{i}".encode() for i in ids])
+        assert worker.job_counter == 2
+        await asyncio.gather(*worker.tasks.values())
+        assert runs == ["j30", "j31"]
+    finally:
+        await worker.close()

@@ -81,28 +81,31 @@ class _Worker(Worker):
       connection error escape and the worker exits: found by the soak, docs/SOAK.md). Steps in flight handle
       their own Redis errors (they re-schedule); the sweeper re-enqueues from Postgres whatever a Redis restart
       lost.
-    - Due jobs are claimed in one round trip per poll (:data:`_CLAIM_JOBS`), not four sequential ones per job:
-      with two jobs per settled task that was the largest part of arq's own cost (BENCHMARKS.md)."""
+    - Due jobs are claimed in one round trip per poll (:data:`_CLAIM_JOBS`; a few more when other workers hold
+      the first ones), not four sequential ones per job: with two jobs per settled task that was the largest
+      part of arq's own cost (BENCHMARKS.md)."""
 
     _redis_down_since: float | None = None
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         """Claim up to the free slots' worth of the due ``job_ids`` (those this worker runs already skipped),
         and run each claimed job as arq does. Raises redis errors (the poll loop waits them out)."""
-        free = self.max_jobs - self.job_counter
         ids = [i for i in (j.decode() for j in job_ids) if i not in self.tasks]
-        if free <= 0 or not ids:
-            return
-        keys = [self.queue_name, *(in_progress_key_prefix + i for i in ids)]
-        args: list[str | int] = [timestamp_ms(), int(self.in_progress_timeout_s * 1000), free, *ids]
-        claimed = await _claim_jobs(self.pool, keys, args)
-        for raw_id, raw_score in zip(claimed[::2], claimed[1::2], strict=True):
-            job_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
-            await self.sem.acquire()  # never waits: at most the free slots were claimed
-            self.job_counter += 1
-            t = self.loop.create_task(self.run_job(job_id, int(float(raw_score))))
-            t.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
-            self.tasks[job_id] = t
+        lease_ms = int(self.in_progress_timeout_s * 1000)
+        # A few candidates per free slot at a time: a backlog lists arq's queue_read_limit ids (1,000) at every
+        # poll, most of them when only a slot or two are free; the next few are looked at only if these were
+        # taken by other workers.
+        while ids and (free := self.max_jobs - self.job_counter) > 0:
+            chunk, ids = ids[: 2 * free + 8], ids[2 * free + 8 :]
+            keys = [self.queue_name, *(in_progress_key_prefix + i for i in chunk)]
+            claimed = await _claim_jobs(self.pool, keys, [timestamp_ms(), lease_ms, free, *chunk])
+            for raw_id, raw_score in zip(claimed[::2], claimed[1::2], strict=True):
+                job_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+                await self.sem.acquire()  # never waits: at most the free slots were claimed
+                self.job_counter += 1
+                t = self.loop.create_task(self.run_job(job_id, int(float(raw_score))))
+                t.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+                self.tasks[job_id] = t
 
     async def _poll_iteration(self) -> None:
         try:
