@@ -91,13 +91,20 @@ class CreateOutcomeUnknown(ProviderTransient):
     """A create request may have been accepted, but no answer came back: do not blindly repeat it."""
 
 
+# How long an idle pooled connection may be reused: less than the idle timeout of common servers (uvicorn's 5 s,
+# nginx's 75 s), so that a create is never written on a connection the server is closing at that instant. Such a
+# create fails after it may have been sent (a reset), so it is "outcome unknown" and costs its task a wait until its
+# deadline and a refund (seen in bench.paced with httpx's default, 5 s, against the simulator's uvicorn).
+KEEPALIVE_SECONDS = 4.0
+
+
 def new_http_client(settings: Settings) -> httpx.AsyncClient:
     """The process's HTTP client for the provider: pooled, every timeout ``KIE_TIMEOUT``, no redirects, no auth
     header (the provider key is added per request so that the same client may call other hosts without leaking
     it). httpx's API on aiohttp's connection pool (``httpx-aiohttp``): with the worker's many steps in flight,
     httpcore's pool spent ~3.8 ms of CPU per request against aiohttp's ~0.65 (BENCHMARKS.md). When a proxy is
     configured in the environment (``HTTPS_PROXY``...), httpx's own transport is used, which honours it."""
-    limits = httpx.Limits(max_connections=100, max_keepalive_connections=50)
+    limits = httpx.Limits(max_connections=100, max_keepalive_connections=50, keepalive_expiry=KEEPALIVE_SECONDS)
     proxied = bool(urllib.request.getproxies())
     return httpx.AsyncClient(
         transport=None if proxied else AiohttpTransport(limits=limits),

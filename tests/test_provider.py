@@ -356,3 +356,14 @@ async def test_the_real_client_runs_on_aiohttp_unless_a_proxy_is_set(
     finally:
         await direct.aclose()
         await proxied.aclose()
+
+
+def test_pooled_connections_expire_before_common_servers_close_them() -> None:
+    """A connection is reused only while the server surely keeps it: idle less long than uvicorn's (the
+    simulator's, and a common provider edge's) keep-alive timeout, so a create is never written on a connection
+    the server closes at that instant (it would be "outcome unknown" and cost the task)."""
+    import uvicorn
+
+    from shared.provider import KEEPALIVE_SECONDS
+
+    assert uvicorn.Config(app=None).timeout_keep_alive > KEEPALIVE_SECONDS  # type: ignore[arg-type]

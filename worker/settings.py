@@ -92,8 +92,8 @@ def make(settings: Settings) -> type:
         # SIGTERM: stop taking jobs, let the steps in flight end (they are short), then exit.
         job_completion_wait = int(timeout) + 1
         # How often an idle worker looks for due jobs: a callback's poke waits for the next look, so this is most
-        # of the callback-to-settled time (0.2 s gave a p99 of ~200 ms); 20 looks a second cost an idle worker
-        # ~0.3 % of a core (BENCHMARKS.md).
+        # of the callback-to-settled time (0.2 s gave a p50 of ~200 ms, 0.05 s gives ~55 ms); 20 looks a second
+        # cost an idle worker about 1 % of a core (BENCHMARKS.md, CPU while waiting).
         poll_delay = 0.05
         health_check_key = redis_keys.worker_health_check(settings.queue_name)
         health_check_interval = 30
