@@ -51,6 +51,10 @@ def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -153,6 +157,9 @@ class Bench:
 
     def __enter__(self) -> Bench:
         atexit.register(self.close)
+        # A SIGTERM (`kill`, `timeout`) ends the run as Ctrl-C does: through __exit__, which stops every process it
+        # started (they run in sessions of their own, so they would outlive the bench otherwise).
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 import asyncpg
 
 from bench.env import Bench, cpu_seconds, log, rss_bytes
-from bench.settle import RAISED_LIMIT, enqueue_at, insert_tasks, sim_stats
+from bench.settle import enqueue_at, insert_tasks, sim_stats, unlimited
 from bench.stats import median
 from shared.config import Settings
 
@@ -73,12 +73,7 @@ def run(bench: Bench, cfg: InflightConfig, accounts: int, create_rate: float | N
     )
     q = bench.queue("inflight")
     api = bench.api(q, workers=1)
-    extra = {
-        "KIE_BASE_URL": sim.url,
-        "KIE_CREATE_LIMIT": RAISED_LIMIT,
-        "KIE_QUERY_LIMIT": RAISED_LIMIT,
-        "CREDITQ_PUBLIC_URL": api.url,
-    }
+    extra = unlimited(sim.url, api.url)
     worker = bench.worker(q, extra)
     settings = Settings.from_env(bench.env(q, **extra), dotenv=False)
     try:

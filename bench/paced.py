@@ -17,7 +17,7 @@ import asyncio
 import time
 
 from bench.env import Bench, create_accounts, log
-from bench.settle import RAISED_LIMIT, complete_times, enqueue_at, insert_tasks, wait_settled
+from bench.settle import complete_times, enqueue_at, insert_tasks, unlimited, wait_settled
 from bench.stats import pct
 from shared.config import Settings
 
@@ -53,12 +53,7 @@ def main() -> int:
         sim = bench.sim("--create-limit", "0", "--query-limit", "0", "--credits", "1000000000")
         q = bench.queue("paced")
         api = bench.api(q, workers=1)
-        extra = {
-            "KIE_BASE_URL": sim.url,
-            "KIE_CREATE_LIMIT": RAISED_LIMIT,
-            "KIE_QUERY_LIMIT": RAISED_LIMIT,
-            "CREDITQ_PUBLIC_URL": api.url,
-        }
+        extra = unlimited(sim.url, api.url)
         bench.worker(q, extra)
         settings = Settings.from_env(bench.env(q, **extra), dotenv=False)
         runs = [("burst", args.burst_tasks, 0.0)] * args.bursts

@@ -19,7 +19,7 @@ from typing import Any
 
 from bench.env import Bench, cpu_seconds, log
 from bench.loadgen import Generators
-from bench.settle import RAISED_LIMIT, enqueue_at, insert_tasks, wait_settled
+from bench.settle import enqueue_at, insert_tasks, unlimited, wait_settled
 from bench.submit import BODY
 from shared.config import Settings
 
@@ -126,12 +126,7 @@ def run(bench: Bench, keys_file: Path, accounts: int, seconds: float = 10.0) -> 
     sim = bench.sim("--create-limit", "0", "--query-limit", "0", "--credits", "1000000000")
     q = bench.queue("profile-settle")
     api = bench.api(q, workers=1)
-    extra = {
-        "KIE_BASE_URL": sim.url,
-        "KIE_CREATE_LIMIT": RAISED_LIMIT,
-        "KIE_QUERY_LIMIT": RAISED_LIMIT,
-        "CREDITQ_PUBLIC_URL": api.url,
-    }
+    extra = unlimited(sim.url, api.url)
     worker = bench.worker(q, extra)
     settings = Settings.from_env(bench.env(q, **extra), dotenv=False)
     try:

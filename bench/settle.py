@@ -43,6 +43,17 @@ MODEL = ("google/nano-banana", "image", "jobs", 4, 300.0)
 RAISED_LIMIT = "1000000"
 
 
+def unlimited(sim_url: str, public_url: str = "") -> dict[str, str]:
+    """A worker's (and API's) settings against the simulator at ``sim_url`` with its own provider budget raised
+    out of the way (the simulator limits nothing either); ``public_url``: callbacks to that API, else polling."""
+    return {
+        "KIE_BASE_URL": sim_url,
+        "KIE_CREATE_LIMIT": RAISED_LIMIT,
+        "KIE_QUERY_LIMIT": RAISED_LIMIT,
+        "CREDITQ_PUBLIC_URL": public_url,
+    }
+
+
 @dataclass(frozen=True)
 class SettleConfig:
     max_tasks: int = 3000  # a burst is sized to last ~burst_seconds at the warm-up's rate, within these bounds
@@ -279,13 +290,7 @@ def run(bench: Bench, cfg: SettleConfig, accounts: int) -> dict[str, Any]:
         for mode in cfg.modes:
             q = bench.queue(f"settle-{mode}")
             api = bench.api(q, workers=1) if mode == "callbacks" else None
-            public = api.url if api else ""
-            extra = {
-                "KIE_BASE_URL": sim.url,
-                "KIE_CREATE_LIMIT": RAISED_LIMIT,
-                "KIE_QUERY_LIMIT": RAISED_LIMIT,
-                "CREDITQ_PUBLIC_URL": public,
-            }
+            extra = unlimited(sim.url, api.url if api else "")
             worker = bench.worker(q, extra)
             settings = Settings.from_env(bench.env(q, **extra), dotenv=False)
             try:

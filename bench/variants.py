@@ -16,7 +16,7 @@ from typing import Any
 
 from bench.env import Bench, cpu_seconds, log
 from bench.loadgen import Generators
-from bench.settle import RAISED_LIMIT, one_batch
+from bench.settle import one_batch, unlimited
 from bench.stats import median
 from bench.submit import SubmitConfig, _vacuum, api_cell
 from shared.config import Settings
@@ -78,7 +78,7 @@ def run(
     worker_raw: dict[str, list[dict[str, Any]]] = {}
     try:
         q = bench.queue("variants-settle")
-        extra = {"KIE_BASE_URL": sim.url, "KIE_CREATE_LIMIT": RAISED_LIMIT, "KIE_QUERY_LIMIT": RAISED_LIMIT}
+        extra = unlimited(sim.url)
         settings = Settings.from_env(bench.env(q, **extra), dotenv=False)
         for rep in range(reps):
             for name, (launch, env) in WORKER_VARIANTS.items():
