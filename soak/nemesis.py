@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -84,20 +85,12 @@ class Nemesis:
     async def _redis_restart(self, ev: dict[str, Any], down: float) -> None:
         redis = self.world.redis
         assert redis is not None
-        await asyncio.to_thread(redis.kill)
-        try:
-            await asyncio.sleep(down)
-        finally:
-            await asyncio.to_thread(redis.start)
+        await _down_for(redis.kill, redis.start, down)
 
     async def _pg_stop(self, ev: dict[str, Any], down: float) -> None:
         pg = self.world.pg
         assert pg is not None
-        await asyncio.to_thread(pg.stop)
-        try:
-            await asyncio.sleep(down)
-        finally:
-            await asyncio.to_thread(pg.start)
+        await _down_for(pg.stop, pg.start, down)
 
     async def _provider_out(self, ev: dict[str, Any], down: float) -> None:
         await self._credits(0)
@@ -131,3 +124,12 @@ class Nemesis:
         self.held_down.clear()
         repaired += self.world.revive()
         return repaired
+
+
+async def _down_for(stop: Callable[[], object], start: Callable[[], object], down: float) -> None:
+    """Stop a service (in a thread: it blocks), keep it down ``down`` seconds, start it again whatever happens."""
+    await asyncio.to_thread(stop)
+    try:
+        await asyncio.sleep(down)
+    finally:
+        await asyncio.to_thread(start)
